@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny synthetic image datasets made on the fly, no network."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Never touch the network from tests: the Hub and W&B are unreachable here anyway, and offline mode
+# makes huggingface_hub fail at once instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trashnet"
+CLASSES = ("alpha", "beta", "gamma")
+
+
+def photo(seed: int, size: tuple[int, int] = (128, 96)) -> Image.Image:
+    """A random colour texture: distinct seeds give perceptual hashes far apart (>100 of 256 bits), while
+    the same seed at two resolutions hashes within a few bits, like a photo and its resized copy. (A
+    smoother image, say from 8x6 noise, has too little texture for a stable hash: twins drift ~30 bits.)"""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    return small.resize(size, Image.Resampling.BICUBIC)
+
+
+def jpeg_bytes(img: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, **kwargs)
+    return buf.getvalue()
+
+
+def make_image_folder(root: Path, per_class: int = 8, size: tuple[int, int] = (128, 96)) -> Path:
+    """``root/<class>/<class><i>.jpg``, a distinct photo per file."""
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            photo(1000 * c + i, size).save(root / name / f"{name}{i}.jpg", quality=90)
+    return root
+
+
+def make_hub_zips(root: Path, per_class: int = 8) -> Path:
+    """The Hub repo layout: two zips holding the same photos at two resolutions."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, size in (("dataset-resized", (128, 96)), ("dataset-original", (512, 384))):
+        with zipfile.ZipFile(root / f"{stem}.zip", "w") as z:
+            for c, name in enumerate(CLASSES):
+                for i in range(per_class):
+                    z.writestr(f"{stem}/{name}/{name}{i}.jpg", jpeg_bytes(photo(1000 * c + i, size)))
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "folder")
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "cache")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real TrashNet images not found at {REAL_DATA}")
+    return REAL_DATA

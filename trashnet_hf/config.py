@@ -1,0 +1,147 @@
+"""Typed run configuration: one dataclass per concern, parsed once by ``HfArgumentParser``.
+
+Every field carries its help text, so ``--help`` documents every flag, and every value is validated
+up front, with a message naming the flag, before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from trashnet_hf.data.preprocessing import Preprocessing
+
+
+class ConfigError(ValueError):
+    """A flag has a value that cannot work; the message names the flag and how to fix it."""
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are prepared and split."""
+
+    data_dir: str | None = _help(
+        "Local dataset folder: an ImageFolder tree (<class>/<image>) or a folder of zips laid out like the "
+        "Hub repo (<root>/<class>/<image> inside each zip). When set, --dataset is not used.",
+        default=None,
+    )
+    dataset: str = _help(
+        "Hub dataset repo to download when --data-dir is not set (needs network).",
+        default="garythung/trashnet",
+    )
+    include_originals: bool = _help(
+        "With --dataset: also download dataset-original.zip (3.6 GB of full-resolution photos); "
+        "by default only dataset-resized.zip (43 MB).",
+        default=False,
+    )
+    output_dir: str = _help(
+        "Folder for the run's outputs (reports, manifest, model, ...).", default="outputs"
+    )
+    seed: int = _help("Random seed for the split (and, in training, everything else).", default=42)
+    image_size: int = _help("Side of the square model input (the training crop), in pixels.", default=224)
+    crop_pct: float = _help(
+        "Centre-crop fraction of the eval transform: images are stored with their shorter side at "
+        "floor(image_size / crop_pct) and centre-cropped to image_size at eval time.",
+        default=0.875,
+    )
+    interpolation: Literal["bilinear", "bicubic"] = _help(
+        "Resampling filter for resizing, at preparation and at serving time.", default="bicubic"
+    )
+    train_share: float = _help(
+        "Share of each class's images in the train split (duplicate groups move whole).", default=0.70
+    )
+    val_share: float = _help(
+        "Share of each class's images in the validation split (duplicate groups move whole).", default=0.15
+    )
+    test_share: float = _help(
+        "Share of each class's images in the test split (duplicate groups move whole).", default=0.15
+    )
+    hash_size: int = _help(
+        "Perceptual-hash side (imagehash.phash): hash_size**2 bits per image. 16 separates distinct "
+        "TrashNet photos on their white background far better than 8.",
+        default=16,
+    )
+    hash_threshold: int = _help(
+        "Largest Hamming distance between perceptual hashes at which two images count as the same "
+        "photo (same-photo twins at two resolutions measure <= 6 at hash_size 16; distinct TrashNet "
+        "photos of different classes >= 48).",
+        default=16,
+    )
+    num_proc: int = _help(
+        "Worker processes for preparation (datasets.map). Each also runs --num-threads threads; extra "
+        "processes pay off only on many-core machines.",
+        default=1,
+    )
+    num_threads: int | None = _help(
+        "Images decoded at once in each preparation process (decoding and resizing release the GIL); "
+        "default: one per CPU core, at most 8.",
+        default=None,
+    )
+    max_bad_fraction: float = _help(
+        "Stop with an error when more than this share of files cannot be read as images.", default=0.05
+    )
+    cache_dir: str | None = _help(
+        "datasets cache folder (prepared arrays and extracted archives); default: the datasets cache.",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        # Imported here: the data package imports this module.
+        from trashnet_hf.data.preprocessing import Preprocessing
+
+        return Preprocessing(
+            image_size=self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation
+        )
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return {"train": self.train_share, "val": self.val_share, "test": self.test_share}
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the flag for any value that cannot work."""
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise ConfigError(
+                f"--data-dir: folder {self.data_dir!r} does not exist; pass an ImageFolder tree or a folder "
+                "of Hub-layout zips, or leave --data-dir out to download --dataset from the Hub."
+            )
+        if self.data_dir is None and "/" not in self.dataset:
+            raise ConfigError(f"--dataset: {self.dataset!r} is not a Hub repo id of the form owner/name.")
+        if self.image_size < 16:
+            raise ConfigError(f"--image-size must be at least 16 pixels, got {self.image_size}.")
+        if not 0.1 <= self.crop_pct <= 1.0:
+            raise ConfigError(f"--crop-pct must be between 0.1 and 1.0, got {self.crop_pct}.")
+        for name, share in self.shares.items():
+            if not 0.0 <= share <= 1.0:
+                raise ConfigError(f"--{name}-share must be between 0 and 1, got {share}.")
+        total = sum(self.shares.values())
+        if not math.isclose(total, 1.0, abs_tol=1e-6):
+            raise ConfigError(
+                f"--train-share + --val-share + --test-share must sum to 1, got {total:g} "
+                f"({self.train_share:g} + {self.val_share:g} + {self.test_share:g})."
+            )
+        if self.train_share == 0.0:
+            raise ConfigError("--train-share must be above 0.")
+        if not 2 <= self.hash_size <= 32:
+            raise ConfigError(f"--hash-size must be between 2 and 32, got {self.hash_size}.")
+        if not 0 <= self.hash_threshold < self.hash_size**2 // 2:
+            raise ConfigError(
+                f"--hash-threshold must be between 0 and {self.hash_size**2 // 2 - 1} for --hash-size "
+                f"{self.hash_size}, got {self.hash_threshold}."
+            )
+        if self.num_proc < 1:
+            raise ConfigError(f"--num-proc must be at least 1, got {self.num_proc}.")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"--num-threads must be at least 1, got {self.num_threads}.")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}.")

@@ -1,0 +1,47 @@
+"""Recall as an evaluate module shipped in the package, so loading it needs no Hub.
+
+Same interface as the Hub's evaluate-metric/recall.
+"""
+
+import datasets
+import evaluate
+from sklearn.metrics import recall_score
+
+
+class Recall(evaluate.Metric):
+    """Recall: true positives over actual positives, per class or averaged."""
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Recall: true positives over actual positives, per class or averaged.",
+            citation="",
+            inputs_description=(
+                "predictions, references: class ids; labels, pos_label, average, sample_weight, "
+                "zero_division: as in sklearn.metrics.recall_score."
+            ),
+            features=datasets.Features(
+                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
+            ),
+        )
+
+    def _compute(
+        self,
+        predictions,
+        references,
+        labels=None,
+        pos_label=1,
+        average="binary",
+        sample_weight=None,
+        zero_division="warn",
+    ) -> dict:
+        score = recall_score(
+            references,
+            predictions,
+            labels=labels,
+            pos_label=pos_label,
+            average=average,
+            sample_weight=sample_weight,
+            zero_division=zero_division,
+        )
+        # A float for an average, a list of floats (one per label) for average=None.
+        return {"recall": score.tolist() if average is None else float(score)}
