@@ -145,3 +145,106 @@ class DataConfig:
             raise ConfigError(f"--num-threads must be at least 1, got {self.num_threads}.")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}.")
+
+
+@dataclass
+class TrainConfig(DataConfig):
+    """Everything ``train.py`` takes: the data flags above plus the model, optimisation and tracking."""
+
+    model_name: str = _help(
+        "timm model on the Hub whose weights start the fine-tuning (its head is replaced).",
+        default="timm/resnet18.a1_in1k",
+    )
+    pretrained: bool = _help(
+        "Start from the Hub weights of --model-name; 'false' builds the same architecture randomly "
+        "initialised (no network needed).",
+        default=True,
+    )
+    epochs: int = _help("Training epochs (at most; early stopping may end sooner).", default=15)
+    batch_size: int = _help("Training images per device per step.", default=64)
+    eval_batch_size: int = _help("Evaluation images per device per step.", default=128)
+    learning_rate: float = _help("Peak AdamW learning rate (after warm-up).", default=1e-3)
+    weight_decay: float = _help("AdamW weight decay (not applied to biases and norm layers).", default=0.05)
+    warmup_ratio: float = _help(
+        "Share of the optimisation steps spent warming the learning rate up.", default=0.1
+    )
+    label_smoothing: float = _help("Label smoothing of the cross-entropy loss.", default=0.1)
+    gradient_accumulation_steps: int = _help("Steps whose gradients add up before an update.", default=1)
+    max_grad_norm: float = _help("Clip the gradient norm to this value (0 disables).", default=1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = _help(
+        "Mixed precision; default: what `accelerate config` / `accelerate launch` set (bf16 autocast on a "
+        "recent GPU is the fast choice).",
+        default=None,
+    )
+    crop_scale_min: float = _help(
+        "Smallest share of the image area a random resized crop keeps (train augmentation).", default=0.25
+    )
+    color_jitter: float = _help(
+        "Strength of the brightness/contrast/saturation jitter (0 disables).", default=0.2
+    )
+    patience: int = _help(
+        "Stop after this many epochs without a better validation macro-F1 (0 disables early stopping).",
+        default=5,
+    )
+    checkpoint_every_steps: int = _help(
+        "Also save a resumable checkpoint every N optimisation steps (0: only at each epoch's end).",
+        default=0,
+    )
+    resume_from_checkpoint: str | None = _help(
+        "Resume from 'latest' (the newest checkpoint in --output-dir) or a checkpoint folder.", default=None
+    )
+    logging_steps: int = _help(
+        "Log loss, learning rate and images/s every N steps (each log waits for the device once).", default=10
+    )
+    num_workers: int | None = _help(
+        "DataLoader worker processes; default: 2 with a GPU, 0 on the CPU (batches are Arrow slices).",
+        default=None,
+    )
+    channels_last: bool = _help(
+        "Keep the model and images in channels-last memory (faster convolutions).", default=True
+    )
+    report_to: Literal["wandb", "none"] = _help(
+        "Where to track the run: W&B (offline mode without WANDB_API_KEY) or nowhere.", default="wandb"
+    )
+    wandb_project: str = _help("W&B project name.", default="trashnet-hf")
+    run_name: str | None = _help("W&B run name; default: W&B's own.", default=None)
+    prediction_table_size: int = _help(
+        "Validation images in the W&B prediction table (a fixed subset, the same every epoch).", default=48
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}."
+                )
+        if self.learning_rate <= 0:
+            raise ConfigError(f"--learning-rate must be above 0, got {self.learning_rate}.")
+        for name in ("weight_decay", "max_grad_norm", "color_jitter"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}.")
+        for name in ("warmup_ratio", "label_smoothing"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}.")
+        if not 0.0 < self.crop_scale_min <= 1.0:
+            raise ConfigError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}.")
+        for name in ("patience", "checkpoint_every_steps", "prediction_table_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}.")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}.")
+        if (
+            self.resume_from_checkpoint not in (None, "latest")
+            and not Path(self.resume_from_checkpoint).is_dir()
+        ):
+            raise ConfigError(
+                f"--resume-from-checkpoint: {self.resume_from_checkpoint!r} is neither 'latest' nor a "
+                "checkpoint folder."
+            )

@@ -24,14 +24,17 @@ def _to_float_nchw(pixels: torch.Tensor) -> torch.Tensor:
 
 
 class _Normalize(nn.Module):
+    """(x - mean) / std, written straight into a channels-last tensor: one pass over the batch."""
+
     def __init__(self, pre: Preprocessing) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1), persistent=False)
+        std = torch.tensor(pre.std).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / std, persistent=False)
+        self.register_buffer("shift", -torch.tensor(pre.mean).view(1, 3, 1, 1) / std, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
-        return x.contiguous(memory_format=torch.channels_last)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        return torch.addcmul(self.shift, x, self.scale, out=out)
 
 
 class EvalTransform(nn.Module):
@@ -96,7 +99,7 @@ class TrainTransform(nn.Module):
         image: with g the grey image and m its mean, the three steps give A*x + B*g + C."""
         b, dev, j = x.shape[0], x.device, self.jitter
         bright, contrast, sat = (self._uniform(b, 1 - j, 1 + j, dev).view(b, 1, 1, 1) for _ in range(3))
-        gray = (x * self.luma.to(dev)).sum(1, keepdim=True)
+        gray = F.conv2d(x, self.luma)  # a 1x1 convolution: one pass, no (B, 3, H, W) temporary
         mean = gray.mean(dim=(2, 3), keepdim=True)
         scale = bright * contrast
         offset = (1 - sat) * scale * gray + bright * mean * (1 - contrast)

@@ -1,0 +1,124 @@
+"""Report figures: the confusion matrix and the training curves, saved as PNG.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, never through pyplot, so nothing is left in
+pyplot's global figure registry (no leaks across calls, no GUI backend needed on a headless machine).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 120
+CURVE_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)  # the Agg canvas, whatever backend pyplot may have selected elsewhere
+    fig.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def confusion_matrix_figure(
+    cm: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "Confusion matrix (test)"
+) -> Figure:
+    """The confusion matrix as a heat map with the count in each cell (rows truth, columns prediction)."""
+    counts = np.asarray(cm)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"confusion matrix must be square (C x C), got shape {counts.shape}")
+    if counts.shape[0] != len(class_names):
+        raise ValueError(
+            f"confusion matrix is {counts.shape[0]} x {counts.shape[1]} but there are {len(class_names)} "
+            "class names"
+        )
+    if counts.size == 0:
+        raise ValueError("confusion matrix is empty: no classes")
+    if not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
+        raise ValueError(f"confusion matrix must hold non-negative integer counts, got {counts.dtype}")
+
+    n = len(class_names)
+    side = max(4.0, 1.0 + 0.7 * n)
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(int(counts.max()), 1))
+    fig.colorbar(image, ax=ax, label="images")
+    # White text on the dark half of the colour map keeps every count readable.
+    threshold = counts.max() / 2
+    for row in range(n):
+        for col in range(n):
+            value = int(counts[row, col])
+            ax.text(
+                col,
+                row,
+                str(value),
+                ha="center",
+                va="center",
+                color="white" if value > threshold else "black",
+            )
+    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), labels=list(class_names))
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class")
+    ax.set_title(title)
+    return fig
+
+
+def plot_confusion_matrix(
+    cm: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "Confusion matrix (test)",
+) -> Path:
+    """Save the confusion matrix (rows truth, columns prediction, counts in cells) as a PNG at ``path``."""
+    return _save(confusion_matrix_figure(cm, class_names, title), path)
+
+
+def _column(history: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+    """One metric per epoch as floats, NaN where missing or None (matplotlib leaves a gap there)."""
+    values = [item.get(key) for item in history]
+    return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
+    """Loss and accuracy per epoch, train and validation, in two panels."""
+    if len(history) == 0:
+        raise ValueError("history is empty: no epochs to plot")
+    for i, item in enumerate(history):
+        missing = [key for key in CURVE_KEYS if item.get(key) is None]
+        if missing:
+            raise ValueError(f"history[{i}] lacks {', '.join(missing)}")
+    epochs = _column(history, "epoch")
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    panels = ((loss_ax, "loss", "Loss"), (acc_ax, "accuracy", "Accuracy"))
+    for ax, metric, label in panels:
+        for split in ("train", "val"):
+            values = _column(history, f"{split}_{metric}")
+            if np.isnan(values).all():
+                continue  # e.g. no train accuracy recorded: no empty legend entry
+            ax.plot(epochs, values, marker="o", label="validation" if split == "val" else "train")
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    accuracies = np.concatenate([_column(history, "train_accuracy"), _column(history, "val_accuracy")])
+    if np.nanmin(accuracies) >= 0.0 and np.nanmax(accuracies) <= 1.0:
+        acc_ax.set_ylim(0.0, 1.02)  # fractions: the full scale shows how far from perfect
+    # Whole epochs only on the x axis.
+    loss_ax.xaxis.get_major_locator().set_params(integer=True)
+    acc_ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Save loss and accuracy curves per epoch (two panels, with legends) as a PNG at ``path``."""
+    return _save(curves_figure(history), path)
