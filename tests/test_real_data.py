@@ -67,3 +67,28 @@ def test_real_trashnet_split_is_seeded(prepared) -> None:
     first = [(r["path"], r["split"]) for r in prepared(42).manifest]
     assert first == [(r["path"], r["split"]) for r in prepared(42).manifest]
     assert first != [(r["path"], r["split"]) for r in prepared(7).manifest]
+
+
+def test_training_from_scratch_beats_the_majority_class(tmp_path: Path, real_data: Path) -> None:
+    """A few CPU minutes at 64 px, random init: clearly better than always answering "paper"."""
+    from trashnet_hf.config import TrainConfig
+    from trashnet_hf.training import train
+
+    cfg = TrainConfig(
+        data_dir=str(real_data),
+        output_dir=str(tmp_path / "out"),
+        cache_dir=str(tmp_path / "cache"),
+        pretrained=False,
+        image_size=64,
+        epochs=8,
+        batch_size=64,
+        learning_rate=2e-3,
+        patience=0,
+        report_to="none",
+    )
+    results = train(cfg).results
+    test_counts = results["data_report"]["splits"]["test"]
+    majority = max(test_counts.values()) / sum(test_counts.values())
+    accuracy = results["metrics"]["test"]["accuracy"]
+    assert accuracy > majority + 0.15, (accuracy, majority)
+    assert results["metrics"]["test"]["macro_f1"] > 0.3

@@ -48,7 +48,8 @@ def _cfg(data_dir: Path, out: Path, cache_dir: str, **kw) -> TrainConfig:
 def smoke(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("smoke")
     data = make_learnable_folder(tmp / "data")
-    cfg = _cfg(data, tmp / "out", str(tmp / "cache"), epochs=5)
+    # W&B in offline mode (conftest sets WANDB_MODE=offline): the real tracker code runs, no network.
+    cfg = _cfg(data, tmp / "out", str(tmp / "cache"), epochs=5, report_to="wandb")
     return cfg, train(cfg)
 
 
@@ -79,6 +80,19 @@ def test_smoke_run_learns_and_writes_every_output(smoke) -> None:
     assert results["train_images_per_s"] > 0 and results["wall_time_s"] > 0
     # Colours are easy: the best model separates the classes on held-out images.
     assert results["metrics"]["test"]["accuracy"] >= 0.8
+
+
+def test_smoke_run_is_tracked_in_wandb_offline(smoke) -> None:
+    cfg, result = smoke
+    out = Path(cfg.output_dir)
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert result.results["wandb_sync"] == f"wandb sync {runs[0]}"
+    tables = list(runs[0].glob("files/media/table/val/predictions_*.table.json"))
+    assert len(tables) == 5  # one prediction table per epoch
+    columns = json.loads(tables[-1].read_text())["columns"]
+    assert columns == ["image", "truth", "prediction", *(f"score_{c}" for c in CLASSES)]
+    assert list(runs[0].glob("files/media/images/test/confusion_matrix_*.png"))
 
 
 def test_saved_model_serves_with_pipeline_and_loads_in_timm(smoke) -> None:

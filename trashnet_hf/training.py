@@ -9,7 +9,6 @@ has no tracking branches. Per-step values stay on the device and are read once e
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import signal
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -34,7 +34,7 @@ from trashnet_hf.data.transforms import EvalTransform, TrainTransform
 from trashnet_hf.evaluation import predict
 from trashnet_hf.model import PRETRAINED_HINT, build_model, load_model, save_model
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)  # logs from the main process only
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINTS = "checkpoints"

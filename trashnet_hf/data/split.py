@@ -87,7 +87,9 @@ def split_groups(
         target = share * sum(len(m) for m in cls_groups)
         count = np.zeros(len(names))
         for m in ordered:
-            s = int(np.argmax(target - count))
+            deficit = target - count
+            # Seeded tie-break: a fixed order would hand every class's spare image to the same split.
+            s = int(rng.choice(np.flatnonzero(deficit == deficit.max())))
             count[s] += len(m)
             for i in m:
                 split[i] = names[s]
