@@ -130,7 +130,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
     common = [
         "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--pretrained", "false",
         "--image-size", "48", "--epochs", "4", "--batch-size", "8", "--logging-steps", "1",
-        "--patience", "0", "--report-to", "none", "--warmup-ratio", "0.2",
+        "--patience", "0", "--report-to", "wandb", "--warmup-ratio", "0.2",
     ]  # fmt: skip
     full = _run_train([*common, "--output-dir", str(tmp_path / "full")])
     assert full.wait(timeout=600) == 0, full.stdout.read()
@@ -164,6 +164,9 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
     la = load_file(tmp_path / "full" / "checkpoints" / last / "model.safetensors")
     lb = load_file(part / "checkpoints" / last / "model.safetensors")
     assert all(torch.equal(la[k], lb[k]) for k in la)
+    # The resumed session continued the same W&B run: one run id, one offline folder per session.
+    run_ids = {p.name.split("-")[3] for p in (part / "wandb").glob("offline-run-*")}
+    assert len(run_ids) == 1 and len(list((part / "wandb").glob("offline-run-*"))) == 2
 
 
 def _train_main():
