@@ -184,7 +184,9 @@ def test_resumed_run_keeps_its_id(wandb_env: Path, caplog: pytest.LogCaptureFixt
     log_metrics(accelerator, {"train/loss": 0.5}, step=1)
     first_command = finish(accelerator)
 
-    # Same accelerator after finish, as after a restart from a checkpoint that stored the id.
+    # Same accelerator after finish, as after a restart from a checkpoint that stored the id; every
+    # training start configures wandb first (finish undid the run folders it set).
+    configure_wandb(out)
     assert init_trackers(accelerator, "trashnet-test", {"lr": 0.1}, run_name="first", run_id=run_id) == run_id
     assert accelerator.get_tracker("wandb", unwrap=True).id == run_id
     # A second start while the run is live keeps it rather than opening another.
@@ -317,3 +319,14 @@ def test_failing_tracker_warns_and_carries_on(
     ]
     # The run itself is intact and still ends cleanly.
     assert finish(accelerator).startswith("wandb sync ")
+
+
+def test_configure_follows_each_run_folder(wandb_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two trainings in one process: the second's W&B files go to its own output folder."""
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    monkeypatch.delenv("WANDB_DATA_DIR", raising=False)
+    configure_wandb(wandb_env / "first")
+    assert os.environ["WANDB_DIR"] == str((wandb_env / "first").resolve())
+    configure_wandb(wandb_env / "second")
+    assert os.environ["WANDB_DIR"] == str((wandb_env / "second").resolve())
+    assert os.environ["WANDB_DATA_DIR"].startswith(str((wandb_env / "second").resolve()))

@@ -91,6 +91,14 @@ def _has_credentials() -> bool:
     return bool(entry and entry[2])
 
 
+_SET_HERE: dict[str, str] = {}  # the folder variables this module set, and to what
+
+
+def _ours(name: str) -> bool:
+    """Unset, or still holding what we set for an earlier run (so not the user's choice)."""
+    return name not in os.environ or os.environ[name] == _SET_HERE.get(name)
+
+
 def configure_wandb(output_dir: str | Path) -> str:
     """Prepare wandb's environment before the first run; return the mode: online, offline or disabled.
 
@@ -98,7 +106,7 @@ def configure_wandb(output_dir: str | Path) -> str:
     offline mode: the run is recorded under ``output_dir`` and can be uploaded later with ``wandb sync``,
     instead of failing at ``wandb.init``. WANDB_DIR defaults to ``output_dir`` (runs go to
     ``output_dir/wandb/``) and WANDB_DATA_DIR to ``output_dir/wandb/data``, so the run folders and the
-    staged artifact files they refer to stay together. Preset variables are left alone.
+    staged artifact files they refer to stay together. Variables the user set are left alone.
     """
     output_dir = Path(output_dir)
     if "WANDB_MODE" not in os.environ and not _has_credentials():
@@ -112,13 +120,16 @@ def configure_wandb(output_dir: str | Path) -> str:
     if mode is None:
         logger.warning("W&B: unknown WANDB_MODE=%r; wandb will reject it at init.", raw_mode)
         mode = raw_mode
-    if "WANDB_DIR" not in os.environ:
+    # Folders set here follow each run's output_dir: kept from an earlier call, a second training in
+    # the same process would write into the first one's folder.
+    if _ours("WANDB_DIR"):
         output_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["WANDB_DIR"] = str(output_dir.resolve())
-    if "WANDB_DATA_DIR" not in os.environ:
+        os.environ["WANDB_DIR"] = _SET_HERE["WANDB_DIR"] = str(output_dir.resolve())
+    if _ours("WANDB_DATA_DIR"):
         # Staged copies of logged tables, images and model files (default ~/.local/share/wandb):
         # an offline run's `wandb sync` needs them, so keep them next to the run.
-        os.environ["WANDB_DATA_DIR"] = str(Path(os.environ["WANDB_DIR"], "wandb", "data").resolve())
+        data_dir = str(Path(os.environ["WANDB_DIR"], "wandb", "data").resolve())
+        os.environ["WANDB_DATA_DIR"] = _SET_HERE["WANDB_DATA_DIR"] = data_dir
     if mode == "offline":
         # Offline runs never need the network; this also stops wandb-core's crash reports (Sentry and
         # OpenTelemetry), which would otherwise try to reach W&B servers on an error.
@@ -330,6 +341,11 @@ def finish(accelerator: Accelerator) -> str | None:
     _end_training(accelerator)
     # Finished trackers would fail on any later log call, and a later init_trackers would restart them.
     accelerator.trackers.clear()
+    # The run's folders were set for this run only: child processes started later must not inherit them.
+    for name, value in list(_SET_HERE.items()):
+        if os.environ.get(name) == value:
+            del os.environ[name]
+        del _SET_HERE[name]
     if sync_command is not None:
         logger.info("W&B: offline run saved; upload it with: %s", sync_command)
     return sync_command
