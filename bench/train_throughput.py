@@ -26,6 +26,7 @@ from trashnet_hf.data import prepare_data
 from trashnet_hf.data.loader import make_loader
 from trashnet_hf.data.transforms import TrainTransform
 from trashnet_hf.model import build_model
+from trashnet_hf.training import tune_cpu_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "trashnet"
@@ -51,6 +52,8 @@ def main() -> None:
     datasets.disable_progress_bars()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        tune_cpu_allocator()  # as train.py does; both modes run in this process, so both get it
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     cfg = DataConfig(data_dir=str(args.data_dir), image_size=args.image_size, output_dir="/tmp/bench-train")
     data = prepare_data(cfg)

@@ -228,3 +228,13 @@ def test_pretrained_offline_fails_fast_naming_the_flag(tmp_path: Path) -> None:
     assert "--pretrained false" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - start < 60  # mostly interpreter start-up; no retries
+
+
+def test_cpu_allocator_tuning_is_accepted_by_glibc() -> None:
+    import platform
+
+    from trashnet_hf.training import tune_cpu_allocator
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert tune_cpu_allocator() is True  # mallopt returns 0 for a value it rejects
