@@ -265,9 +265,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             model.train()
             train_loader.set_epoch(state.epoch)
             loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = torch.zeros((), device=device, dtype=torch.long)
+            window = torch.zeros(3, device=device)  # loss sum, correct, seen since the last log
             # This epoch's running totals, carried over from the checkpoint when resuming mid-epoch
             # (spread over the processes, which sum them back at the end).
             carried = torch.tensor(state.epoch_totals, device=device) / accelerator.num_processes
@@ -284,13 +282,16 @@ def train(cfg: TrainConfig) -> TrainResult:
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 n = batch["label"].shape[0]
-                batch_correct = (logits.argmax(-1) == batch["label"]).sum()
-                loss_sum += loss.detach() * n
-                correct += batch_correct
-                seen += n
-                epoch_totals += torch.stack(
-                    [loss.detach() * n, batch_correct.float(), epoch_totals.new_tensor(n)]
+                # One small stack per step, on the device (new_full: no host-to-device copy).
+                batch_stats = torch.stack(
+                    [
+                        loss.detach() * n,
+                        (logits.argmax(-1) == batch["label"]).sum().float(),
+                        loss.new_full((), n),
+                    ]
                 )
+                window += batch_stats
+                epoch_totals += batch_stats
                 window_images += n
                 state.step_in_epoch += 1
                 if not accelerator.sync_gradients:
@@ -300,9 +301,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 if state.global_step % cfg.logging_steps == 0:
                     # The one host sync of a logging window: loss, accuracy and the stop flag together.
                     flag = torch.tensor(float(stop.requested), device=device)
-                    totals = accelerator.reduce(
-                        torch.stack([loss_sum, correct.float(), seen.float(), flag]), "sum"
-                    )
+                    totals = accelerator.reduce(torch.cat([window, flag.view(1)]), "sum")
                     loss_v, correct_v, seen_v, flag_v = totals.tolist()
                     elapsed = time.perf_counter() - window_start
                     images_per_s = window_images * accelerator.num_processes / max(elapsed, 1e-9)
@@ -320,9 +319,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                         step=state.global_step,
                     )
                     bar.set_postfix(loss=f"{loss_v / seen_v:.3f}", img_s=f"{images_per_s:.0f}")
-                    loss_sum.zero_()
-                    correct.zero_()
-                    seen.zero_()
+                    window.zero_()
                     window_start, window_images = time.perf_counter(), 0
                     if flag_v > 0:
                         status = "interrupted"
