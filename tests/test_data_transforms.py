@@ -9,8 +9,8 @@ import torch
 
 from tests.conftest import photo
 from trashnet_hf.data.images import load_rgb, resize_shorter_side
-from trashnet_hf.data.preprocessing import Preprocessing
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
+from trashnet_hf.preprocessing import Preprocessing
 
 
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])

@@ -10,39 +10,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
+from tests.conftest import fake_cache
 from trashnet_hf import hub
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HINT = "Pass --data-dir with a local copy."
-
-
-def fake_cache(cache_dir: Path, repo_type: str, repo_id: str, files: dict[str, bytes]) -> Path:
-    """Lay out files the way the Hub cache stores a snapshot of the main branch; return the snapshot."""
-    repo_dir = cache_dir / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    snapshot = repo_dir / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(COMMIT)
-    for name, data in files.items():
-        (snapshot / name).write_bytes(data)
-    return snapshot
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-@pytest.fixture
-def unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Online mode, but the Hub endpoint is a local port nobody listens on (connection refused)."""
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,26 +10,23 @@ import numpy as np
 import pytest
 import timm
 import torch
-from huggingface_hub import constants
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import save
 from transformers import pipeline
 
-from trashnet_hf import hub
-from trashnet_hf.data.preprocessing import Preprocessing
+from tests.conftest import fake_cache
 from trashnet_hf.model import (
     DEFAULT_MODEL_NAME,
-    PRETRAINED_HINT,
     build_model,
     load_model,
     preprocessing_of,
     save_model,
     timm_architecture,
 )
+from trashnet_hf.preprocessing import Preprocessing
 
 CLASSES = ("glass", "paper", "trash")
 PREP = Preprocessing(image_size=64, crop_pct=0.9, interpolation="bilinear", mean=(0.5, 0.4, 0.3))
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +61,11 @@ def test_class_names_must_be_unique() -> None:
         build_model(DEFAULT_MODEL_NAME, ["a", "a"], PREP, pretrained=False)
 
 
-def test_pipeline_labels_are_the_class_names(saved_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_pipeline_labels_and_scores_follow_the_preprocessing(saved_dir: Path) -> None:
     classifier = pipeline("image-classification", model=str(saved_dir))
     result = classifier(_image(), top_k=len(CLASSES))
     assert sorted(r["label"] for r in result) == sorted(CLASSES)
     assert sum(r["score"] for r in result) == pytest.approx(1.0, abs=1e-5)
-
-
-def test_pipeline_preprocesses_like_the_preprocessing(saved_dir: Path) -> None:
-    classifier = pipeline("image-classification", model=str(saved_dir))
     expected = PREP.to_pretrained_cfg()
     data_config = classifier.image_processor.data_config
     assert list(data_config["input_size"]) == expected["input_size"]
@@ -88,7 +78,7 @@ def test_pipeline_preprocesses_like_the_preprocessing(saved_dir: Path) -> None:
     model = load_model(saved_dir).eval()
     with torch.no_grad():
         probs = model(transform(_image()).unsqueeze(0)).logits.softmax(-1)[0]
-    scores = {r["label"]: r["score"] for r in classifier(_image(), top_k=len(CLASSES))}
+    scores = {r["label"]: r["score"] for r in result}
     assert [scores[name] for name in CLASSES] == pytest.approx(probs.tolist(), abs=1e-5)
 
 
@@ -130,13 +120,7 @@ def test_random_init_is_deterministic_per_seed() -> None:
 
 def _cache_timm_checkpoint(cache_dir: Path) -> dict[str, torch.Tensor]:
     """A Hub-cache copy of a 1000-class timm resnet18 repo, as timm 1.0.31 would export it."""
-    repo = cache_dir / "models--timm--resnet18.a1_in1k"
-    snapshot = repo / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(COMMIT)
     source = timm.create_model("resnet18", pretrained=False)
-    save_file(source.state_dict(), snapshot / "model.safetensors")
     config = {
         "architecture": "resnet18",
         "num_classes": 1000,
@@ -158,7 +142,8 @@ def _cache_timm_checkpoint(cache_dir: Path) -> dict[str, torch.Tensor]:
             "classifier": "fc",
         },
     }
-    (snapshot / "config.json").write_text(json.dumps(config))
+    files = {"config.json": json.dumps(config).encode(), "model.safetensors": save(source.state_dict())}
+    fake_cache(cache_dir, "model", "timm/resnet18.a1_in1k", files)
     return source.state_dict()
 
 
@@ -178,30 +163,3 @@ def test_pretrained_weights_come_from_the_cache_with_a_new_head(
     assert Preprocessing.from_pretrained_cfg(cfg) == PREP
     assert "test_input_size" not in cfg and "test_crop_pct" not in cfg
     assert timm.data.resolve_data_config(model=model.timm_model)["crop_pct"] == PREP.crop_pct
-
-
-@pytest.fixture
-def hub_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-
-
-@pytest.mark.parametrize("mode", ["unreachable", "offline"])
-def test_pretrained_without_hub_fails_fast_with_hint(
-    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
-) -> None:
-    if mode == "offline":
-        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    else:
-        request.getfixturevalue("hub_refuses")
-    start = time.monotonic()
-    with pytest.raises(hub.HubUnavailableError) as info:
-        build_model(DEFAULT_MODEL_NAME, CLASSES, PREP, pretrained=True, cache_dir=str(tmp_path))
-    assert time.monotonic() - start < 10
-    assert DEFAULT_MODEL_NAME in str(info.value)
-    assert PRETRAINED_HINT in str(info.value)

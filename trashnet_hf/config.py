@@ -6,13 +6,13 @@ up front, with a message naming the flag, before any work starts.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from trashnet_hf.data.preprocessing import Preprocessing
+from trashnet_hf.preprocessing import Preprocessing
 
 
 class ConfigError(ValueError):
@@ -97,9 +97,6 @@ class DataConfig:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        # Imported here: the data package imports this module.
-        from trashnet_hf.data.preprocessing import Preprocessing
-
         return Preprocessing(
             image_size=self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation
         )
@@ -238,6 +235,11 @@ class TrainConfig(DataConfig):
         for name in ("patience", "checkpoint_every_steps", "prediction_table_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}.")
+        if self.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "--report-to wandb: the wandb package is not installed; `pip install wandb`, or pass "
+                "--report-to none to train without tracking."
+            )
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"--num-workers must be 0 or more, got {self.num_workers}.")
         if (

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from trashnet_hf import hub
-from trashnet_hf.data.preprocessing import Preprocessing
+from trashnet_hf.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,9 @@
 """The one preprocessing definition shared by data preparation, training, the saved model and serving.
 
+It sits at the package top, importing nothing of the project, so both sides import it: the data
+preparation stack (``trashnet_hf.data``) and the serving side (``model``, prediction, the app), which
+must not pull in ``datasets`` and the preparation code.
+
 Prepared images are stored at ``resize_size`` (the shorter side timm's eval transform resizes to) and
 centre-cropped square, so the eval path at training time is a centre crop plus normalisation, and the
 saved model's ``pretrained_cfg`` (built from this same object) makes ``pipeline()`` and the Space apply
@@ -12,8 +16,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -24,8 +28,8 @@ class Preprocessing:
     image_size: int = 224
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+    std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -58,8 +62,8 @@ class Preprocessing:
             image_size=int(cfg["input_size"][-1]),
             crop_pct=float(cfg.get("crop_pct", 0.875)),
             interpolation=str(cfg.get("interpolation", "bicubic")),
-            mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-            std=tuple(cfg.get("std", IMAGENET_STD)),
+            mean=tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)),
+            std=tuple(cfg.get("std", IMAGENET_DEFAULT_STD)),
         )
 
     def to_dict(self) -> dict[str, Any]:

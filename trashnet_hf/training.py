@@ -1,8 +1,9 @@
-"""The main job, top to bottom: setup, data, model, optimisation, train and validate, test, report.
+"""The main job, in stages: setup, data, model, optimisation, the epoch loop, test, report.
 
-Runs the same under ``python train.py`` and ``accelerate launch train.py`` (any number of processes,
-CPU or GPU). W&B is reached only through Accelerate's trackers (``trashnet_hf.tracking``), so the loop
-has no tracking branches. Per-step values stay on the device and are read once every
+``train`` reads top to bottom on one screen; each stage is one function below it. Runs the same under
+``python train.py`` and ``accelerate launch train.py`` (any number of processes, CPU or GPU). W&B is
+reached only through Accelerate's trackers (``trashnet_hf.tracking``), so the loop has no tracking
+branches. Per-step values stay on the device in ``LoopStats`` and are read once every
 ``--logging-steps``, so the GPU never waits on the host in between.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import math
-import shutil
+import re
 import signal
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +25,36 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
+from timm.optim import param_groups_weight_decay
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from trashnet_hf import hub, plots, tracking
-from trashnet_hf.config import TrainConfig
-from trashnet_hf.data import DataError, prepare_data, write_outputs
+from trashnet_hf.config import ConfigError, TrainConfig
+from trashnet_hf.data import DataError, PreparedData, prepare_data, write_outputs
 from trashnet_hf.data.loader import decode_pixels, make_loader
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
-from trashnet_hf.evaluation import predict
+from trashnet_hf.evaluation import Predictions, predict
 from trashnet_hf.model import PRETRAINED_HINT, build_model, load_model, save_model
 
 logger = get_logger(__name__)  # logs from the main process only
+# Accelerate warns on every rotation of the checkpoints we asked it to rotate: one warning per epoch.
+logging.getLogger("accelerate.accelerator").addFilter(lambda r: "to make room for new" not in r.getMessage())
 
-STATE_FILE = "trainer_state.json"
-CHECKPOINTS = "checkpoints"
+CHECKPOINTS = "checkpoints"  # Accelerate's automatic naming: OUT/checkpoints/checkpoint_<n>
+STATE_FILE = "custom_checkpoint_0.pkl"  # TrainerState, the one object registered for checkpointing
 KEEP_CHECKPOINTS = 2  # each holds weights + AdamW moments (~135 MB for ResNet-18)
+PROGRESS_LOG_SECONDS = 30.0  # off a terminal: at most one progress line this often
+SUMMARY_KEYS = ("loss", "accuracy", "macro_f1", "weighted_f1")
 
 
 @dataclass
 class TrainerState:
-    """Where training stands: saved beside every checkpoint, so a resume continues exactly."""
+    """Where training stands; saved in every checkpoint (``register_for_checkpointing``), so a resume
+    continues exactly."""
 
     epoch: int = 0  # the epoch in progress (or the next one, when step_in_epoch == 0)
     step_in_epoch: int = 0  # batches of `epoch` already trained on
@@ -58,6 +68,13 @@ class TrainerState:
     train_images: int = 0
     epoch_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, seen
 
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for f in fields(self):
+            setattr(self, f.name, state[f.name])
+
 
 @dataclass
 class TrainResult:
@@ -66,27 +83,57 @@ class TrainResult:
     results: dict[str, Any] | None
 
 
-class _StopRequest:
-    """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint at the next safe point and exits."""
+@dataclass
+class Parts:
+    """Everything the loop works with, prepared by Accelerate."""
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
+    accelerator: Accelerator
+    data: PreparedData
+    model: nn.Module
+    train_tf: TrainTransform
+    eval_tf: EvalTransform
+    train_loader: DataLoader
+    eval_loaders: dict[str, DataLoader]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int
 
-    def __enter__(self) -> _StopRequest:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
 
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        logger.warning("%s received: saving a checkpoint and stopping", signal.Signals(signum).name)
-        self.requested = True
+def train(cfg: TrainConfig) -> TrainResult:
+    """Fine-tune, validate every epoch, keep the best model by validation macro-F1, test it, report."""
+    started, out = time.perf_counter(), Path(cfg.output_dir)
+    accelerator = setup(cfg, out)  # 1. Accelerate, seed, the trackers' environment
+    results = None
+    try:
+        resume_from = resolve_checkpoint(cfg)
+        if cfg.pretrained:  # fetch (or find cached) weights before any data work: offline, fails in seconds
+            with accelerator.main_process_first():
+                hub.download_model(cfg.model_name, cfg.cache_dir, hint=PRETRAINED_HINT)
+        data = load_data(cfg, accelerator, out)  # 2. prepared splits, data report and manifest
+        parts = build_parts(cfg, accelerator, data)  # 3-4. model, transforms, loaders, optimiser, schedule
+        state = TrainerState()
+        accelerator.register_for_checkpointing(state)
+        if resume_from is not None:
+            resume(accelerator, resume_from)
+            logger.info(
+                "Resumed from %s (epoch %d, step %d)", resume_from, state.epoch + 1, state.global_step
+            )
+        state.wandb_run_id = tracking.init_trackers(
+            accelerator, cfg.wandb_project, asdict(cfg), cfg.run_name, state.wandb_run_id
+        )
+        status = fit(cfg, parts, state, out)  # 5. the epoch loop: train, validate, checkpoint
+        if status != "interrupted":
+            metrics = evaluate_best_model(parts, out)  # 6. the best model on every split
+            results = report(cfg, parts, state, metrics, status, time.perf_counter() - started)  # 7.
+    finally:
+        # Also on an error: the W&B run is closed and its folder settings do not outlive this run.
+        sync_command = tracking.finish(accelerator)
+    if results is not None:
+        results["wandb_sync"] = sync_command
+    return TrainResult(status, out, results)
 
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+
+# --- 1. Setup -----------------------------------------------------------------------------------------
 
 
 def tune_cpu_allocator() -> bool:
@@ -109,76 +156,68 @@ def tune_cpu_allocator() -> bool:
     return bool(ok)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # No decay on biases and norm weights (the 1-D parameters): decaying them only hurts.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _checkpoints(out: Path) -> list[Path]:
-    found = [p for p in (out / CHECKPOINTS).glob("step_*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: json.loads((p / STATE_FILE).read_text())["global_step"])
-
-
-def _resolve_checkpoint(cfg: TrainConfig) -> Path | None:
-    if cfg.resume_from_checkpoint is None:
-        return None
-    if cfg.resume_from_checkpoint == "latest":
-        found = _checkpoints(Path(cfg.output_dir))
-        if not found:
-            raise FileNotFoundError(
-                f"--resume-from-checkpoint latest: no checkpoint in {Path(cfg.output_dir) / CHECKPOINTS}"
-            )
-        return found[-1]
-    path = Path(cfg.resume_from_checkpoint)
-    if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume-from-checkpoint: {path} has no {STATE_FILE}; not a checkpoint")
-    return path
-
-
-def _save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState) -> Path:
-    path = out / CHECKPOINTS / f"step_{state.global_step:07d}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        (path / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-        for old in _checkpoints(out)[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def _split_summary(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "weighted_f1")}
-
-
-def train(cfg: TrainConfig) -> TrainResult:
-    """Fine-tune, validate every epoch, keep the best model by validation macro-F1, test it, report."""
-    out = Path(cfg.output_dir)
-    started = time.perf_counter()
-
-    # --- 1. Setup -------------------------------------------------------------------------------
+def setup(cfg: TrainConfig, out: Path) -> Accelerator:
+    """The Accelerator: mixed precision, accumulation, trackers, rotating checkpoints, seeded shuffling."""
     if cfg.report_to == "wandb":
         tracking.configure_wandb(out)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_dir=str(out),
+        project_config=ProjectConfiguration(
+            project_dir=str(out), automatic_checkpoint_naming=True, total_limit=KEEP_CHECKPOINTS
+        ),
         # The shuffle order is a function of (seed, epoch): a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    # Accelerate numbers checkpoints from 0 in every process; continue after any already in the folder.
+    newest = max((_checkpoint_number(p) for p in (out / CHECKPOINTS).glob("checkpoint_*")), default=-1)
+    accelerator.project_configuration.iteration = newest + 1
     set_seed(cfg.seed)
-    device = accelerator.device
-    if device.type == "cpu":
+    if accelerator.device.type == "cpu":
         tune_cpu_allocator()
-    resume_from = _resolve_checkpoint(cfg)
-    if cfg.pretrained:
-        # Fetch (or find cached) weights before any data work: offline, this fails in seconds.
-        with accelerator.main_process_first():
-            hub.download_model(cfg.model_name, cfg.cache_dir, hint=PRETRAINED_HINT)
+    return accelerator
 
-    # --- 2. Data ----------------------------------------------------------------------------------
+
+def _checkpoint_number(path: Path) -> int:
+    match = re.fullmatch(r"checkpoint_(\d+)", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoints in ``out``, oldest first."""
+    found = [p for p in (out / CHECKPOINTS).glob("checkpoint_*") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=_checkpoint_number)
+
+
+def resolve_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The checkpoint folder ``--resume-from-checkpoint`` names, checked before any work."""
+    if cfg.resume_from_checkpoint is None:
+        return None
+    if cfg.resume_from_checkpoint == "latest":
+        found = checkpoints(Path(cfg.output_dir))
+        if not found:
+            raise ConfigError(
+                f"--resume-from-checkpoint latest: no checkpoint in {Path(cfg.output_dir) / CHECKPOINTS}; "
+                "leave the flag out to start a new run."
+            )
+        return found[-1]
+    path = Path(cfg.resume_from_checkpoint)
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(f"--resume-from-checkpoint: {path} has no {STATE_FILE}; not a checkpoint folder.")
+    return path
+
+
+def resume(accelerator: Accelerator, checkpoint: Path) -> None:
+    """Restore model, optimiser, scheduler, sampler, RNG and the TrainerState from ``checkpoint``."""
+    accelerator.load_state(str(checkpoint))
+
+
+# --- 2. Data ------------------------------------------------------------------------------------------
+
+
+def load_data(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> PreparedData:
+    """Prepare (or read from the cache) and split the data; write the data report and the manifest."""
     with accelerator.main_process_first():
         data = prepare_data(cfg)
     if accelerator.is_main_process:
@@ -193,255 +232,340 @@ def train(cfg: TrainConfig) -> TrainResult:
         len(r["label_conflicts"]),
         "/".join(str(sum(r["splits"][s].values())) for s in ("train", "val", "test")),
     )
-    workers = cfg.num_workers if cfg.num_workers is not None else (2 if device.type == "cuda" else 0)
-    pin = device.type == "cuda"
-    n_train = len(data.splits["train"])
-    if n_train < cfg.batch_size * accelerator.num_processes:
+    n_train, per_step = len(data.splits["train"]), cfg.batch_size * accelerator.num_processes
+    if n_train < per_step:
         raise DataError(
             f"the train split has {n_train} images, fewer than one batch (--batch-size {cfg.batch_size} x "
             f"{accelerator.num_processes} processes); lower --batch-size or add images."
         )
+    return data
+
+
+# --- 3-4. Model, transforms, loaders, optimisation ----------------------------------------------------
+
+
+def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) -> Parts:
+    """The model with its new head, the device transforms, the loaders, AdamW and the warm-up + cosine
+    schedule, all passed through ``accelerator.prepare``."""
+    device = accelerator.device
+    workers = cfg.num_workers if cfg.num_workers is not None else (2 if device.type == "cuda" else 0)
+    pin = device.type == "cuda"
     # drop_last: a last batch of one image breaks BatchNorm, and ragged batches skew the loss.
     train_loader = make_loader(
-        data.splits["train"],
-        cfg.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        num_workers=workers,
-        pin_memory=pin,
-        drop_last=True,
+        data.splits["train"], cfg.batch_size, True, cfg.seed, workers, drop_last=True, pin_memory=pin
     )
     eval_loaders = {
-        split: make_loader(
-            data.splits[split], cfg.eval_batch_size, False, num_workers=workers, pin_memory=pin
-        )
-        for split in ("train", "val", "test")
+        s: make_loader(data.splits[s], cfg.eval_batch_size, False, num_workers=workers, pin_memory=pin)
+        for s in ("train", "val", "test")
     }
-
-    # --- 3. Model ---------------------------------------------------------------------------------
     model = build_model(
         cfg.model_name, data.class_names, data.preprocessing, cfg.pretrained, cfg.cache_dir, cfg.seed
     )
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_tf = TrainTransform(
-        data.preprocessing, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter
-    ).to(device)
-    eval_tf = EvalTransform(data.preprocessing).to(device)
-
-    # --- 4. Optimisation --------------------------------------------------------------------------
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    # No decay on biases and norm weights (the 1-D parameters): decaying them only hurts.
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.learning_rate)
     # Counted on the unsharded loader: Accelerate steps the scheduler once per process per update.
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, train_loader, scheduler, *prepared = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
-    eval_loaders = dict(zip(eval_loaders, prepared, strict=True))
-
-    state = TrainerState()
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = TrainerState(**json.loads((resume_from / STATE_FILE).read_text()))
-        logger.info("Resumed from %s (epoch %d, step %d)", resume_from, state.epoch + 1, state.global_step)
-
-    state.wandb_run_id = tracking.init_trackers(
-        accelerator, cfg.wandb_project, asdict(cfg), cfg.run_name, state.wandb_run_id
+    train_tf = TrainTransform(data.preprocessing, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter)
+    return Parts(
+        accelerator,
+        data,
+        model,
+        train_tf.to(device),
+        EvalTransform(data.preprocessing).to(device),
+        train_loader,
+        dict(zip(eval_loaders, prepared, strict=True)),
+        optimizer,
+        scheduler,
+        total_steps,
     )
 
-    # --- 5. Train and validate --------------------------------------------------------------------
-    table_rows = list(range(min(cfg.prediction_table_size, len(data.splits["val"]))))
-    table_images = [decode_pixels(data.splits["val"][i]["pixels"]) for i in table_rows]
-    status = "completed"
-    bar = tqdm(
-        total=total_steps,
-        initial=state.global_step,
-        disable=not accelerator.is_local_main_process,
-        unit="step",
-    )
-    with _StopRequest() as stop:
-        while state.epoch < cfg.epochs and status == "completed":
-            model.train()
-            train_loader.set_epoch(state.epoch)
-            loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch)
-            window = torch.zeros(3, device=device)  # loss sum, correct, seen since the last log
-            # This epoch's running totals, carried over from the checkpoint when resuming mid-epoch
-            # (spread over the processes, which sum them back at the end).
-            carried = torch.tensor(state.epoch_totals, device=device) / accelerator.num_processes
-            epoch_totals = torch.zeros(3, device=device) + carried
-            window_start, window_images = time.perf_counter(), 0
-            for batch in loader:
-                with accelerator.accumulate(model):
-                    logits = model(pixel_values=train_tf(batch["pixels"])).logits.float()
-                    loss = F.cross_entropy(logits, batch["label"], label_smoothing=cfg.label_smoothing)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                n = batch["label"].shape[0]
-                # One small stack per step, on the device (new_full: no host-to-device copy).
-                batch_stats = torch.stack(
-                    [
-                        loss.detach() * n,
-                        (logits.argmax(-1) == batch["label"]).sum().float(),
-                        loss.new_full((), n),
-                    ]
-                )
-                window += batch_stats
-                epoch_totals += batch_stats
-                window_images += n
-                state.step_in_epoch += 1
-                if not accelerator.sync_gradients:
-                    continue
-                state.global_step += 1
-                bar.update(1)
-                if state.global_step % cfg.logging_steps == 0:
-                    # The one host sync of a logging window: loss, accuracy and the stop flag together.
-                    flag = torch.tensor(float(stop.requested), device=device)
-                    totals = accelerator.reduce(torch.cat([window, flag.view(1)]), "sum")
-                    loss_v, correct_v, seen_v, flag_v = totals.tolist()
-                    elapsed = time.perf_counter() - window_start
-                    images_per_s = window_images * accelerator.num_processes / max(elapsed, 1e-9)
-                    state.train_seconds += elapsed
-                    state.train_images += window_images * accelerator.num_processes
-                    tracking.log_metrics(
-                        accelerator,
-                        {
-                            "train/loss": loss_v / seen_v,
-                            "train/accuracy": correct_v / seen_v,
-                            "train/lr": scheduler.get_last_lr()[0],
-                            "train/images_per_s": images_per_s,
-                            "epoch": state.epoch + state.step_in_epoch / len(train_loader),
-                        },
-                        step=state.global_step,
-                    )
-                    bar.set_postfix(loss=f"{loss_v / seen_v:.3f}", img_s=f"{images_per_s:.0f}")
-                    window.zero_()
-                    window_start, window_images = time.perf_counter(), 0
-                    if flag_v > 0:
-                        status = "interrupted"
-                        break
-                if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0:
-                    state.epoch_totals = accelerator.reduce(epoch_totals.clone(), "sum").tolist()
-                    _save_checkpoint(accelerator, out, state)
-            if status == "interrupted":
-                state.epoch_totals = accelerator.reduce(epoch_totals.clone(), "sum").tolist()
-                break
-            state.train_seconds += time.perf_counter() - window_start
-            state.train_images += window_images * accelerator.num_processes
 
-            # Validation, once per epoch.
-            train_loss, train_correct, train_seen = accelerator.reduce(epoch_totals, "sum").tolist()
-            state.epoch_totals = [0.0, 0.0, 0.0]
-            val = predict(accelerator, model, eval_loaders["val"], eval_tf)
-            val_metrics = val.metrics(data.class_names)
-            record = {
-                "epoch": state.epoch + 1,
-                "train_loss": train_loss / max(train_seen, 1),
-                "train_accuracy": train_correct / max(train_seen, 1),
-                "val_loss": val_metrics["loss"],
-                "val_accuracy": val_metrics["accuracy"],
-                "val_macro_f1": val_metrics["macro_f1"],
-            }
-            state.history.append(record)
-            improved = val_metrics["macro_f1"] > state.best_macro_f1
-            if improved:
-                state.best_macro_f1, state.best_epoch = val_metrics["macro_f1"], state.epoch + 1
-                state.epochs_without_improvement = 0
-                if accelerator.is_main_process:
-                    save_model(accelerator.unwrap_model(model), out / "model")
-            else:
-                state.epochs_without_improvement += 1
-            tracking.log_metrics(
-                accelerator,
-                {f"val/{k}": v for k, v in record.items() if k.startswith("val_")},
-                step=state.global_step,
-            )
-            tracking.log_predictions(
-                accelerator,
-                table_images,
-                val.labels[table_rows],
-                val.probs[table_rows],
-                data.class_names,
-                step=state.global_step,
-            )
+# --- 5. The epoch loop --------------------------------------------------------------------------------
+
+
+class StopRequest:
+    """SIGTERM / Ctrl-C mark a stop; the loop raises Accelerate's trigger at its next sync point, so
+    every process sees it (``check_trigger``), saves a checkpoint and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        logger.warning("%s received: saving a checkpoint and stopping", signal.Signals(signum).name)
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def check(self, accelerator: Accelerator) -> bool:
+        """Whether any process was asked to stop: one small all-reduce, so call it at the same points
+        in every process."""
+        if self.requested:
+            accelerator.set_trigger()
+        return accelerator.check_trigger()
+
+
+class LoopStats:
+    """The loop's bookkeeping: per-step sums on the device for the logging window and the epoch, read
+    back once per window, and the progress display (a bar on a terminal, log lines in a file)."""
+
+    def __init__(self, accelerator: Accelerator, total_steps: int, state: TrainerState) -> None:
+        self.accelerator, self.total_steps, self.n_proc = accelerator, total_steps, accelerator.num_processes
+        device = accelerator.device
+        self.window = torch.zeros(3, device=device)  # loss sum, correct, seen since the last read
+        self.epoch = torch.zeros(3, device=device)
+        self.window_start, self.window_images, self.last_line = time.perf_counter(), 0, -math.inf
+        on_terminal = accelerator.is_local_main_process and sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=state.global_step, unit="step", disable=not on_terminal)
+
+    def start_epoch(self, carried: list[float]) -> None:
+        # A resume mid-epoch carries the epoch's totals so far (summed over processes): spread them.
+        self.epoch = torch.tensor(carried, device=self.epoch.device) / self.n_proc
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add one batch: plain cross-entropy (the smoothed loss is only the optimisation target), hits."""
+        n = labels.shape[0]
+        stats = torch.stack(
+            [
+                F.cross_entropy(logits.detach(), labels, reduction="sum"),
+                (logits.argmax(-1) == labels).sum().float(),
+                logits.new_full((), n),  # new_full: no host-to-device copy
+            ]
+        )
+        self.window += stats
+        self.epoch += stats
+        self.window_images += n
+
+    def read_window(self, state: TrainerState) -> dict[str, float]:
+        """The window's loss, accuracy and images/s over every process: the window's one host sync."""
+        loss, correct, seen = self.accelerator.reduce(self.window, "sum").tolist()
+        elapsed = time.perf_counter() - self.window_start
+        images = self.window_images * self.n_proc
+        state.train_seconds += elapsed
+        state.train_images += images
+        self.window.zero_()
+        self.window_start, self.window_images = time.perf_counter(), 0
+        return {"loss": loss / seen, "accuracy": correct / seen, "images_per_s": images / max(elapsed, 1e-9)}
+
+    def epoch_totals(self) -> list[float]:
+        """This epoch's loss sum, correct and seen over every process."""
+        return self.accelerator.reduce(self.epoch.clone(), "sum").tolist()
+
+    def progress(self, step: int, values: dict[str, float] | None = None) -> None:
+        self.bar.update(step - self.bar.n)
+        if values is None:
+            return
+        self.bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}")
+        now = time.perf_counter()
+        if self.bar.disable and now - self.last_line >= PROGRESS_LOG_SECONDS:
+            self.last_line = now
             logger.info(
-                "epoch %2d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.3f%s",
-                state.epoch + 1,
-                cfg.epochs,
-                record["train_loss"],
-                record["train_accuracy"],
-                record["val_loss"],
-                record["val_accuracy"],
-                record["val_macro_f1"],
-                "  (best)" if improved else "",
+                "step %d/%d (%.0f%%)  loss %.4f  acc %.3f  %.0f img/s",
+                step,
+                self.total_steps,
+                100 * step / self.total_steps,
+                values["loss"],
+                values["accuracy"],
+                values["images_per_s"],
             )
-            state.epoch += 1
-            state.step_in_epoch = 0
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def fit(cfg: TrainConfig, p: Parts, state: TrainerState, out: Path) -> str:
+    """Train and validate epoch by epoch; return "completed", "early_stopped" or "interrupted"."""
+    stats = LoopStats(p.accelerator, p.total_steps, state)
+    val = p.data.splits["val"]
+    table_rows = list(range(min(cfg.prediction_table_size, len(val))))
+    table_images = [decode_pixels(val[i]["pixels"]) for i in table_rows]
+    status = "completed"
+    with StopRequest() as stop:
+        while state.epoch < cfg.epochs and status == "completed":
+            if not train_epoch(cfg, p, state, stats, stop):
+                status = "interrupted"
+                break
+            improved = validate(p, state, out, table_rows, table_images)
+            log_epoch(cfg, state, improved)
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
             if cfg.patience and state.epochs_without_improvement >= cfg.patience and state.epoch < cfg.epochs:
                 logger.info("Early stopping: no better validation macro-F1 for %d epochs", cfg.patience)
                 status = "early_stopped"
-            # Checked with every process: a signal seen by one process must stop all of them.
-            flag = accelerator.reduce(torch.tensor(float(stop.requested), device=device), "sum")
-            _save_checkpoint(accelerator, out, state)
-            if flag.item() > 0:
+            saved = p.accelerator.save_state()
+            if stop.check(p.accelerator):
                 status = "interrupted"
-    bar.close()
-
+    stats.close()
     if status == "interrupted":
         # Stopped mid-epoch: the epoch-end checkpoint was not written, so write one here.
-        path = _save_checkpoint(accelerator, out, state) if state.step_in_epoch else _checkpoints(out)[-1]
+        path = p.accelerator.save_state() if state.step_in_epoch else saved
         logger.warning(
             "Stopped at step %d. Resume with: --resume-from-checkpoint %s", state.global_step, path
         )
-        tracking.finish(accelerator)
-        return TrainResult(status, out, None)
+    return status
 
-    # --- 6. Test the best model, measure overfitting --------------------------------------------
+
+def train_epoch(cfg: TrainConfig, p: Parts, state: TrainerState, stats: LoopStats, stop: StopRequest) -> bool:
+    """Train one epoch from ``state.step_in_epoch`` on; False if a stop was requested (state then holds
+    the position and the epoch's totals, ready for a checkpoint)."""
+    acc, model = p.accelerator, p.model
+    model.train()
+    p.train_loader.set_epoch(state.epoch)
+    stats.start_epoch(state.epoch_totals)
+    for batch in acc.skip_first_batches(p.train_loader, state.step_in_epoch):
+        with acc.accumulate(model):
+            logits = model(pixel_values=p.train_tf(batch["pixels"])).logits.float()
+            loss = F.cross_entropy(logits, batch["label"], label_smoothing=cfg.label_smoothing)
+            acc.backward(loss)
+            if acc.sync_gradients and cfg.max_grad_norm > 0:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            p.optimizer.step()
+            p.scheduler.step()
+            p.optimizer.zero_grad(set_to_none=True)
+        stats.add(logits, batch["label"])
+        state.step_in_epoch += 1
+        if not acc.sync_gradients:
+            continue
+        state.global_step += 1
+        window = None
+        if state.global_step % cfg.logging_steps == 0:
+            window = stats.read_window(state)
+            step_log = {f"train/{k}": v for k, v in window.items()}
+            step_log["train/lr"] = p.scheduler.get_last_lr()[0]
+            step_log["epoch"] = state.epoch + state.step_in_epoch / len(p.train_loader)
+            tracking.log_metrics(acc, step_log, step=state.global_step)
+            if stop.check(acc):
+                state.epoch_totals = stats.epoch_totals()
+                return False
+        stats.progress(state.global_step, window)
+        if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0:
+            state.epoch_totals = stats.epoch_totals()
+            acc.save_state()
+    state.epoch_totals = stats.epoch_totals()
+    return True
+
+
+def val_predictions(p: Parts) -> tuple[Predictions, dict[str, Any]]:
+    """The current model's predictions and metrics on the validation split."""
+    preds = predict(p.accelerator, p.model, p.eval_loaders["val"], p.eval_tf)
+    return preds, preds.metrics(p.data.class_names)
+
+
+def validate(p: Parts, state: TrainerState, out: Path, table_rows: list[int], table_images: list) -> bool:
+    """Validate, record the epoch, save the model if it is the best so far; return whether it was."""
+    acc = p.accelerator
+    preds, metrics = val_predictions(p)
+    loss_sum, correct, seen = state.epoch_totals
+    state.epoch_totals = [0.0, 0.0, 0.0]
+    record = {
+        "epoch": state.epoch + 1,
+        "train_loss": loss_sum / max(seen, 1),  # plain cross-entropy, on augmented batches
+        "train_accuracy": correct / max(seen, 1),
+        **{f"val_{k}": metrics[k] for k in ("loss", "accuracy", "macro_f1")},
+    }
+    state.history.append(record)
+    improved = metrics["macro_f1"] > state.best_macro_f1
+    if improved:
+        state.best_macro_f1, state.best_epoch, state.epochs_without_improvement = (
+            metrics["macro_f1"],
+            state.epoch + 1,
+            0,
+        )
+        if acc.is_main_process:
+            save_model(acc.unwrap_model(p.model), out / "model")
+    else:
+        state.epochs_without_improvement += 1
+    tracking.log_metrics(
+        acc, {f"val/{k}": metrics[k] for k in ("loss", "accuracy", "macro_f1")}, state.global_step
+    )
+    labels, probs = preds.labels[table_rows], preds.probs[table_rows]
+    tracking.log_predictions(acc, table_images, labels, probs, p.data.class_names, step=state.global_step)
+    return improved
+
+
+def log_epoch(cfg: TrainConfig, state: TrainerState, improved: bool) -> None:
+    r = state.history[-1]
+    logger.info(
+        "epoch %2d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f macro-F1 %.3f%s",
+        r["epoch"],
+        cfg.epochs,
+        r["train_loss"],
+        r["train_accuracy"],
+        r["val_loss"],
+        r["val_accuracy"],
+        r["val_macro_f1"],
+        "  (best)" if improved else "",
+    )
+
+
+# --- 6. Test ------------------------------------------------------------------------------------------
+
+
+def evaluate_best_model(p: Parts, out: Path) -> dict[str, dict[str, Any]]:
+    """Load the best epoch's weights and evaluate them on train, val and test (no augmentation)."""
     best = load_model(out / "model")
-    accelerator.unwrap_model(model).load_state_dict(best.state_dict())
-    splits = {s: predict(accelerator, model, loader, eval_tf) for s, loader in eval_loaders.items()}
-    metrics = {s: p.metrics(data.class_names) for s, p in splits.items()}
-    overfitting = {s: _split_summary(m) for s, m in metrics.items()}
+    p.accelerator.unwrap_model(p.model).load_state_dict(best.state_dict())
+    return {
+        s: predict(p.accelerator, p.model, loader, p.eval_tf).metrics(p.data.class_names)
+        for s, loader in p.eval_loaders.items()
+    }
+
+
+# --- 7. Report ----------------------------------------------------------------------------------------
+
+
+def report(
+    cfg: TrainConfig,
+    p: Parts,
+    state: TrainerState,
+    metrics: dict[str, dict[str, Any]],
+    status: str,
+    wall_time_s: float,
+) -> dict[str, Any]:
+    """Write results.json and the plots; log the final numbers, the images and the model artifact."""
+    acc, out = p.accelerator, Path(cfg.output_dir)
+    overfitting: dict[str, Any] = {s: {k: m[k] for k in SUMMARY_KEYS} for s, m in metrics.items()}
     overfitting["gap_train_minus_val_accuracy"] = metrics["train"]["accuracy"] - metrics["val"]["accuracy"]
     overfitting["gap_val_minus_test_accuracy"] = metrics["val"]["accuracy"] - metrics["test"]["accuracy"]
-
-    # --- 7. Report --------------------------------------------------------------------------------
     results = {
         "status": status,
         "config": asdict(cfg),
-        "data_report": data.report,
+        "data_report": p.data.report,
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "history": state.history,
         "metrics": metrics,
         "overfitting": overfitting,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": wall_time_s,
         "train_images_per_s": state.train_images / max(state.train_seconds, 1e-9),
-        "num_processes": accelerator.num_processes,
-        "device": str(device),
-        "mixed_precision": accelerator.mixed_precision,
+        "num_processes": acc.num_processes,
+        "device": str(acc.device),
+        "mixed_precision": acc.mixed_precision,
     }
-    if accelerator.is_main_process:
+    # The best model's numbers on every split: their own names, apart from the per-step train/* curves.
+    final = {f"best_model/{s}/{k}": v for s in metrics for k, v in overfitting[s].items()}
+    tracking.log_metrics(acc, final, step=state.global_step)
+    if acc.is_main_process:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        cm_png = plots.plot_confusion_matrix(
-            metrics["test"]["confusion_matrix"], data.class_names, out / "confusion_matrix.png"
+        cm = plots.plot_confusion_matrix(
+            metrics["test"]["confusion_matrix"], p.data.class_names, out / "confusion_matrix.png"
         )
-        curves_png = plots.plot_curves(state.history, out / "curves.png")
-    tracking.log_metrics(
-        accelerator,
-        {f"{s}/{k}": v for s, m in overfitting.items() if isinstance(m, dict) for k, v in m.items()},
-        step=state.global_step,
-    )
-    if accelerator.is_main_process:
-        tracking.log_image(accelerator, "test/confusion_matrix", cm_png, step=state.global_step)
-        tracking.log_image(accelerator, "curves", curves_png, step=state.global_step)
-        tracking.log_model_artifact(
-            accelerator, out / "model", "trashnet-resnet18", {"test": _split_summary(metrics["test"])}
-        )
-    sync_command = tracking.finish(accelerator)
-    results["wandb_sync"] = sync_command
-    return TrainResult(status, out, results)
+        curves = plots.plot_curves(state.history, out / "curves.png")
+        tracking.log_image(acc, "test/confusion_matrix", cm, step=state.global_step)
+        tracking.log_image(acc, "curves", curves, step=state.global_step)
+        tracking.log_model_artifact(acc, out / "model", "trashnet-resnet18", {"test": overfitting["test"]})
+    return results

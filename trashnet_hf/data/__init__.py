@@ -1,6 +1,6 @@
 """Data preparation: source -> ``datasets`` -> decoded, resized, hashed -> duplicate-aware splits.
 
-Knows nothing of the model: the only shared piece is ``Preprocessing``, the image geometry.
+Knows nothing of the model: the only shared piece is ``trashnet_hf.preprocessing``, the image geometry.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from datasets.fingerprint import Hasher
 
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data.images import prepare_batch
-from trashnet_hf.data.preprocessing import Preprocessing
 from trashnet_hf.data.sources import DataSourceError, load_source
 from trashnet_hf.data.split import SPLITS, hash_groups, split_groups
+from trashnet_hf.preprocessing import Preprocessing
 
-__all__ = ["DataError", "DataSourceError", "PreparedData", "Preprocessing", "prepare_data", "write_outputs"]
+__all__ = ["DataError", "DataSourceError", "PreparedData", "prepare_data", "write_outputs"]
 
 logger = logging.getLogger(__name__)
 

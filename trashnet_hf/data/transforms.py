@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trashnet_hf.data.preprocessing import Preprocessing
+from trashnet_hf.preprocessing import Preprocessing
 
 
 def _to_float_nchw(pixels: torch.Tensor) -> torch.Tensor:
