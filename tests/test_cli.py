@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -51,33 +50,64 @@ def test_help_documents_every_flag(cli: str, capsys: pytest.CaptureFixture[str])
 
 
 SHARES_OFF = ["--train-share", "0.5", "--val-share", "0.2", "--test-share", "0.2"]
+NO_VAL = ["--train-share", "0.85", "--val-share", "0", "--test-share", "0.15"]
+NO_TEST = ["--train-share", "0.85", "--val-share", "0.15", "--test-share", "0"]
 
 
-@pytest.mark.parametrize(
-    ("cli", "argv", "message"),
-    [
-        ("train", ["--data-dir", "/no/such/data"], "--data-dir"),
-        ("train", ["--image-size", "0"], "--image-size"),
-        ("train", SHARES_OFF, "must sum to 1"),
-        ("train", ["--epochs", "0"], "--epochs"),
-        ("train", ["--resume-from-checkpoint", "/no/such/ckpt"], "--resume-from-checkpoint"),
-        ("data", ["--data-dir", "/no/such/folder"], "--data-dir"),
-        ("data", ["--crop-pct", "0"], "--crop-pct"),
-        ("data", SHARES_OFF, "must sum to 1"),
-        ("data", ["--hash-threshold", "500"], "--hash-threshold"),
-        ("evaluate", ["--model-dir", "m", "--split", "dev"], "--split"),
-        ("evaluate", ["--model-dir", "m", "--image-size", "0"], "--image-size"),
-    ],
-)
-def test_bad_flags_fail_before_any_work(
-    cli: str, argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def _file(tmp: Path) -> str:
+    path = tmp / "a_file.txt"
+    path.write_text("not a folder")
+    return str(path)
+
+
+# (cli, argv from a temporary folder, exit code, text the one-line message must hold)
+BAD_INPUT = [
+    ("train", lambda t: ["--data-dir", "/no/such/data"], 2, "--data-dir"),
+    ("train", lambda t: ["--data-dir", _file(t)], 2, "--data-dir: "),
+    ("train", lambda t: ["--image-size", "0"], 2, "--image-size"),
+    ("train", lambda t: SHARES_OFF, 2, "must sum to 1"),
+    ("train", lambda t: NO_VAL, 2, "--val-share must be above 0"),
+    ("train", lambda t: NO_TEST, 2, "--test-share must be above 0"),
+    ("train", lambda t: ["--epochs", "0"], 2, "--epochs"),
+    ("train", lambda t: ["--epochs", "two"], 2, "--epochs"),
+    ("train", lambda t: ["--seed", "-5"], 2, "--seed"),
+    ("train", lambda t: ["--lr", "0.01"], 2, "unknown argument --lr"),
+    ("train", lambda t: ["--learning-rat", "0.01"], 2, "unknown argument --learning-rat"),  # no prefix match
+    ("train", lambda t: ["--resume-from-checkpoint", "/no/such/ckpt"], 2, "--resume-from-checkpoint"),
+    ("train", lambda t: ["--resume-from-checkpoint", "latest"], 2, "--resume-from-checkpoint latest: no"),
+    ("train", lambda t: ["--overwrite-output-dir", "--resume-from-checkpoint", "latest"], 2, "contradict"),
+    ("train", lambda t: ["--output-dir", _file(t)], 2, "--output-dir: "),
+    ("train", lambda t: ["--output-dir", "/sys"], 2, "--output-dir /sys: cannot write"),  # read-only
+    ("train", lambda t: ["--output-dir", "/sys/trashnet_out"], 2, "cannot write"),  # cannot be created
+    ("data", lambda t: ["--data-dir", "/no/such/folder"], 2, "--data-dir"),
+    ("data", lambda t: ["--crop-pct", "0"], 2, "--crop-pct"),
+    ("data", lambda t: SHARES_OFF, 2, "must sum to 1"),
+    ("data", lambda t: ["--hash-threshold", "500"], 2, "--hash-threshold"),
+    ("data", lambda t: ["--seed", "-5"], 2, "--seed"),
+    ("data", lambda t: ["--lr", "0.01"], 2, "unknown argument --lr"),
+    ("evaluate", lambda t: ["--model-dir", "m", "--split", "dev"], 2, "--split"),
+    ("evaluate", lambda t: ["--model-dir", "m", "--image-size", "0"], 2, "--image-size"),
+    ("evaluate", lambda t: ["--model-dir", "m", "--lr", "0.01"], 2, "unknown argument --lr"),
+    ("evaluate", lambda t: ["--model-dir", "m", "--eval-batch-size", "0"], 2, "--eval-batch-size"),
+    ("evaluate", lambda t: ["--model-dir", "m", "--metrics-file", "/no/such/dir/m.json"], 2, "--metrics-file"),
+    ("evaluate", lambda t: ["--model-dir", "/no/such/model"], 2, "--model-dir"),
+]
+
+
+@pytest.mark.parametrize(("cli", "argv", "code", "message"), BAD_INPUT)
+def test_bad_input_stops_before_any_work_with_one_line(
+    cli: str, argv, code: int, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "never"
-    with pytest.raises(SystemExit) as info:
-        CLIS[cli][0]()([*argv, "--output-dir", str(out)])
-    assert info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
+    data = make_learnable_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "out"
+    base = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]
+    base += ["--pretrained", "false", "--report-to", "none"] if cli == "train" else []
+    assert CLIS[cli][0]()([*base, *argv(tmp_path)]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].count("error:") == 1, err  # one line, no usage block, no traceback
+    assert message in err[0]
+    assert not (out / "data_report.json").exists()  # before any data work
+    assert not list((tmp_path / "cache").glob("**/*.arrow"))
 
 
 def test_wandb_asked_for_but_missing_stops_naming_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,19 +123,17 @@ def test_wandb_asked_for_but_missing_stops_naming_the_flag(monkeypatch: pytest.M
 
 @pytest.mark.parametrize("hub_state", ["offline", "unreachable"])
 def test_pretrained_without_the_hub_fails_fast_naming_the_flag(
-    hub_state: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+    hub_state: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     request.getfixturevalue(hub_state)
     data = make_learnable_folder(tmp_path / "data", per_class=4)
     argv = ["--data-dir", str(data), "--output-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
     start = time.monotonic()
-    with caplog.at_level(logging.ERROR):
-        assert train_main()(argv) == 1
+    assert train_main()(argv) == 1
     assert time.monotonic() - start < 10  # huggingface_hub alone retries for ~25 s
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and errors[0].exc_info is None  # one line, no traceback
-    assert DEFAULT_MODEL_NAME in errors[0].getMessage()
-    assert "--pretrained false" in errors[0].getMessage()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    assert DEFAULT_MODEL_NAME in err[0] and "--pretrained false" in err[0]
     assert not (tmp_path / "o" / "data_report.json").exists()  # before any data work
     # The failed run's W&B folder settings do not outlive it (a later run would log into this folder).
     assert str(tmp_path / "o") not in os.environ.get("WANDB_DIR", "")

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from trashnet_hf.errors import ConfigError
 from trashnet_hf.preprocessing import Preprocessing
 
-
-class ConfigError(ValueError):
-    """A flag has a value that cannot work; the message names the flag and how to fix it."""
+__all__ = ["ConfigError", "DataConfig", "TrainConfig"]
 
 
 def _help(text: str, **kwargs):
@@ -107,6 +106,11 @@ class DataConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the flag for any value that cannot work."""
+        if self.data_dir is not None and Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
+            raise ConfigError(
+                f"--data-dir: {self.data_dir!r} is a file; pass the folder holding the class folders "
+                "(or the Hub-layout zips)."
+            )
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise ConfigError(
                 f"--data-dir: folder {self.data_dir!r} does not exist; pass an ImageFolder tree or a folder "
@@ -114,6 +118,10 @@ class DataConfig:
             )
         if self.data_dir is None and "/" not in self.dataset:
             raise ConfigError(f"--dataset: {self.dataset!r} is not a Hub repo id of the form owner/name.")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"--seed must be between 0 and 2**32 - 1, got {self.seed}.")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"--output-dir: {self.output_dir!r} is a file; pass a folder.")
         if self.image_size < 16:
             raise ConfigError(f"--image-size must be at least 16 pixels, got {self.image_size}.")
         if not 0.1 <= self.crop_pct <= 1.0:
@@ -187,6 +195,11 @@ class TrainConfig(DataConfig):
         "Also save a resumable checkpoint every N optimisation steps (0: only at each epoch's end).",
         default=0,
     )
+    overwrite_output_dir: bool = _help(
+        "Replace a previous run in --output-dir (its model, results, checkpoints, W&B run); without it such "
+        "a folder is refused unless --resume-from-checkpoint continues that run.",
+        default=False,
+    )
     resume_from_checkpoint: str | None = _help(
         "Resume from 'latest' (the newest checkpoint in --output-dir) or a checkpoint folder.", default=None
     )
@@ -235,6 +248,16 @@ class TrainConfig(DataConfig):
         for name in ("patience", "checkpoint_every_steps", "prediction_table_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}.")
+        for name in ("val_share", "test_share"):
+            if getattr(self, name) == 0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be above 0 for training: validation picks the best "
+                    "epoch and test gives the reported numbers."
+                )
+        if self.overwrite_output_dir and self.resume_from_checkpoint is not None:
+            raise ConfigError(
+                "--overwrite-output-dir and --resume-from-checkpoint contradict each other; pick one."
+            )
         if self.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
             raise ConfigError(
                 "--report-to wandb: the wandb package is not installed; `pip install wandb`, or pass "

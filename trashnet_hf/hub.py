@@ -22,6 +22,8 @@ from huggingface_hub import constants, hf_hub_download, snapshot_download, try_t
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from huggingface_hub.utils import get_session
 
+from trashnet_hf.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0
@@ -29,7 +31,7 @@ PROBE_TIMEOUT_S = 5.0
 MODEL_FILE_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json")
 
 
-class HubUnavailableError(RuntimeError):
+class HubUnavailableError(UserError):
     """The Hub cannot be reached (no network, or HF_HUB_OFFLINE set) and the files are not cached."""
 
 

@@ -6,28 +6,16 @@ import logging
 import sys
 import time
 
-from transformers import HfArgumentParser
-
-from trashnet_hf.config import ConfigError, DataConfig
-from trashnet_hf.data import DataError, DataSourceError, prepare_data, write_outputs
-from trashnet_hf.hub import HubUnavailableError
+from trashnet_hf import cli
+from trashnet_hf.config import DataConfig
+from trashnet_hf.data import prepare_data, write_outputs
 
 logger = logging.getLogger("trashnet_hf.data")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser(DataConfig, description=__doc__)
-    try:
-        (cfg,) = parser.parse_args_into_dataclasses(args=argv)
-    except ConfigError as err:
-        parser.error(str(err))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(cfg: DataConfig) -> int:
     start = time.perf_counter()
-    try:
-        data = prepare_data(cfg)
-    except (DataError, DataSourceError, HubUnavailableError) as err:
-        logger.error("%s", err)
-        return 1
+    data = prepare_data(cfg)
     write_outputs(cfg.output_dir, data.report, data.manifest)
     r = data.report
     logger.info(
@@ -43,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%-5s %5d  %s", split, sum(counts.values()), counts)
     logger.info("Wrote %s/data_report.json and %s/split_manifest.csv", cfg.output_dir, cfg.output_dir)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(DataConfig, run, argv, description=__doc__, prog="python -m trashnet_hf.data")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""The one way the command lines run: parse, validate, run, and turn a user error into one line.
+
+    sys.exit(cli.run(TrainConfig, main_body, description=__doc__))
+
+Bad flags (unknown, abbreviated, mistyped or invalid) exit 2; bad data, files or checkpoints exit 1;
+both print ``<prog>: error: <message>`` as a single line, with no traceback. Anything else is a bug and
+propagates with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn
+
+from transformers import HfArgumentParser
+
+from trashnet_hf.errors import ConfigError, UserError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse's own errors (a mistyped value, a bad choice) become ours: one line, exit 2.
+        raise ConfigError(message)
+
+
+def parse(
+    types: type | Iterable[type], argv: list[str] | None, description: str | None, prog: str | None = None
+) -> tuple[Any, ...]:
+    """The dataclasses of ``types`` from ``argv``; ConfigError for an unknown or abbreviated flag."""
+    # allow_abbrev=False: `--learning-rat` must not quietly mean `--learning-rate`.
+    parser = _Parser(types, description=description, allow_abbrev=False, prog=prog)
+    _, unknown = parser.parse_known_args(argv)  # before the dataclasses validate any value
+    if unknown:
+        raise ConfigError(f"unknown argument {' '.join(unknown)}; see --help for the flags.")
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def run(
+    types: type | Iterable[type],
+    body: Callable[..., int],
+    argv: list[str] | None = None,
+    description: str | None = None,
+    prog: str | None = None,
+) -> int:
+    """Parse ``argv`` into ``types``, call ``body(*configs)`` and return its exit code; a UserError
+    becomes one line on stderr and its exit code."""
+    prog = prog or _Parser().prog
+    try:
+        configs = parse(types, argv, description, prog)
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        return body(*configs)
+    except UserError as err:
+        message = " ".join(str(err).split())  # one line, whatever the message held
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return err.exit_code
