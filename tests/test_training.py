@@ -19,9 +19,10 @@ from transformers import pipeline
 
 from tests.conftest import CLASS_COLOURS, CLASSES, make_learnable_folder
 from trashnet_hf import training
+from trashnet_hf.checkpointing import checkpoints
 from trashnet_hf.config import ConfigError, TrainConfig
 from trashnet_hf.data import DataError
-from trashnet_hf.training import checkpoints, train
+from trashnet_hf.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

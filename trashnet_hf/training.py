@@ -13,7 +13,6 @@ import ctypes
 import json
 import logging
 import math
-import re
 import signal
 import sys
 import time
@@ -32,8 +31,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from trashnet_hf import hub, plots, tracking
-from trashnet_hf.config import ConfigError, TrainConfig
+from trashnet_hf import checkpointing, hub, plots, tracking
+from trashnet_hf.config import TrainConfig
 from trashnet_hf.data import DataError, PreparedData, prepare_data, write_outputs
 from trashnet_hf.data.loader import decode_pixels, make_loader
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
@@ -44,9 +43,6 @@ logger = get_logger(__name__)  # logs from the main process only
 # Accelerate warns on every rotation of the checkpoints we asked it to rotate: one warning per epoch.
 logging.getLogger("accelerate.accelerator").addFilter(lambda r: "to make room for new" not in r.getMessage())
 
-CHECKPOINTS = "checkpoints"  # Accelerate's automatic naming: OUT/checkpoints/checkpoint_<n>
-STATE_FILE = "custom_checkpoint_0.pkl"  # TrainerState, the one object registered for checkpointing
-KEEP_CHECKPOINTS = 2  # each holds weights + AdamW moments (~135 MB for ResNet-18)
 PROGRESS_LOG_SECONDS = 30.0  # off a terminal: at most one progress line this often
 SUMMARY_KEYS = ("loss", "accuracy", "macro_f1", "weighted_f1")
 
@@ -67,13 +63,14 @@ class TrainerState:
     train_seconds: float = 0.0
     train_images: int = 0
     epoch_totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, seen
+    signature: dict[str, Any] = field(default_factory=dict)  # what a resume must share (checkpointing)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for f in fields(self):
-            setattr(self, f.name, state[f.name])
+            setattr(self, f.name, state.get(f.name, getattr(self, f.name)))
 
 
 @dataclass
@@ -102,19 +99,26 @@ class Parts:
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune, validate every epoch, keep the best model by validation macro-F1, test it, report."""
     started, out = time.perf_counter(), Path(cfg.output_dir)
+    checkpointing.claim_output_dir(cfg)  # a previous run is refused, resumed or (if asked) replaced
     accelerator = setup(cfg, out)  # 1. Accelerate, seed, the trackers' environment
     results = None
     try:
-        resume_from = resolve_checkpoint(cfg)
+        resume_from, signature = check_resume(cfg, accelerator)  # before any work
         if cfg.pretrained:  # fetch (or find cached) weights before any data work: offline, fails in seconds
             with accelerator.main_process_first():
                 hub.download_model(cfg.model_name, cfg.cache_dir, hint=PRETRAINED_HINT)
-        data = load_data(cfg, accelerator, out)  # 2. prepared splits, data report and manifest
+        data = load_data(cfg, accelerator)  # 2. prepared splits
+        signature |= checkpointing.data_signature(data.class_names, data.manifest)
+        if resume_from is not None:  # same classes, same split: before anything in the folder changes
+            checkpointing.check_signature(
+                resume_from, checkpointing.read_state(resume_from)["signature"], signature
+            )
+        write_data_outputs(cfg, accelerator, data)
         parts = build_parts(cfg, accelerator, data)  # 3-4. model, transforms, loaders, optimiser, schedule
-        state = TrainerState()
+        state = TrainerState(signature=signature)
         accelerator.register_for_checkpointing(state)
         if resume_from is not None:
-            resume(accelerator, resume_from)
+            checkpointing.restore(accelerator, resume_from)
             logger.info(
                 "Resumed from %s (epoch %d, step %d)", resume_from, state.epoch + 1, state.global_step
             )
@@ -165,64 +169,42 @@ def setup(cfg: TrainConfig, out: Path) -> Accelerator:
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,
         project_config=ProjectConfiguration(
-            project_dir=str(out), automatic_checkpoint_naming=True, total_limit=KEEP_CHECKPOINTS
+            project_dir=str(out), automatic_checkpoint_naming=True, total_limit=checkpointing.KEEP
         ),
         # The shuffle order is a function of (seed, epoch): a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
-    # Accelerate numbers checkpoints from 0 in every process; continue after any already in the folder.
-    newest = max((_checkpoint_number(p) for p in (out / CHECKPOINTS).glob("checkpoint_*")), default=-1)
-    accelerator.project_configuration.iteration = newest + 1
+    accelerator.project_configuration.iteration = checkpointing.next_number(out)
+    if accelerator.mixed_precision != "no" and not accelerator.native_amp:
+        logger.warning(
+            "--mixed-precision %s is not available on %s: training in full precision (fp32) instead.",
+            accelerator.mixed_precision,
+            accelerator.device.type,
+        )
     set_seed(cfg.seed)
     if accelerator.device.type == "cpu":
         tune_cpu_allocator()
     return accelerator
 
 
-def _checkpoint_number(path: Path) -> int:
-    match = re.fullmatch(r"checkpoint_(\d+)", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """The complete checkpoints in ``out``, oldest first."""
-    found = [p for p in (out / CHECKPOINTS).glob("checkpoint_*") if (p / STATE_FILE).is_file()]
-    return sorted(found, key=_checkpoint_number)
-
-
-def resolve_checkpoint(cfg: TrainConfig) -> Path | None:
-    """The checkpoint folder ``--resume-from-checkpoint`` names, checked before any work."""
-    if cfg.resume_from_checkpoint is None:
-        return None
-    if cfg.resume_from_checkpoint == "latest":
-        found = checkpoints(Path(cfg.output_dir))
-        if not found:
-            raise ConfigError(
-                f"--resume-from-checkpoint latest: no checkpoint in {Path(cfg.output_dir) / CHECKPOINTS}; "
-                "leave the flag out to start a new run."
-            )
-        return found[-1]
-    path = Path(cfg.resume_from_checkpoint)
-    if not (path / STATE_FILE).is_file():
-        raise ConfigError(f"--resume-from-checkpoint: {path} has no {STATE_FILE}; not a checkpoint folder.")
-    return path
-
-
-def resume(accelerator: Accelerator, checkpoint: Path) -> None:
-    """Restore model, optimiser, scheduler, sampler, RNG and the TrainerState from ``checkpoint``."""
-    accelerator.load_state(str(checkpoint))
+def check_resume(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Path | None, dict[str, Any]]:
+    """The checkpoint to resume (None for a new run) and this run's signature; a checkpoint from a run
+    with other settings is refused here, before any work."""
+    resume_from = checkpointing.resolve(cfg)
+    signature = checkpointing.signature(cfg, accelerator.num_processes)
+    if resume_from is not None:
+        saved = checkpointing.read_state(resume_from).get("signature", {})
+        checkpointing.check_signature(resume_from, saved, signature)
+    return resume_from, signature
 
 
 # --- 2. Data ------------------------------------------------------------------------------------------
 
 
-def load_data(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> PreparedData:
-    """Prepare (or read from the cache) and split the data; write the data report and the manifest."""
+def load_data(cfg: TrainConfig, accelerator: Accelerator) -> PreparedData:
+    """Prepare (or read from the cache) and split the data; refuse a train split under one batch."""
     with accelerator.main_process_first():
         data = prepare_data(cfg)
-    if accelerator.is_main_process:
-        write_outputs(out, data.report, data.manifest)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     r = data.report
     logger.info(
         "Data: %d images, %d bad, %d duplicate groups, %d label conflicts dropped; train/val/test = %s",
@@ -239,6 +221,13 @@ def load_data(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> Prepared
             f"{accelerator.num_processes} processes); lower --batch-size or add images."
         )
     return data
+
+
+def write_data_outputs(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) -> None:
+    """The data report, the split manifest and the run's configuration, beside the model."""
+    if accelerator.is_main_process:
+        write_outputs(cfg.output_dir, data.report, data.manifest)
+        (Path(cfg.output_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
 
 # --- 3-4. Model, transforms, loaders, optimisation ----------------------------------------------------
@@ -492,8 +481,9 @@ def validate(p: Parts, state: TrainerState, out: Path, table_rows: list[int], ta
     tracking.log_metrics(
         acc, {f"val/{k}": metrics[k] for k in ("loss", "accuracy", "macro_f1")}, state.global_step
     )
-    labels, probs = preds.labels[table_rows], preds.probs[table_rows]
-    tracking.log_predictions(acc, table_images, labels, probs, p.data.class_names, step=state.global_step)
+    if table_rows:  # --prediction-table-size 0: no table
+        labels, probs = preds.labels[table_rows], preds.probs[table_rows]
+        tracking.log_predictions(acc, table_images, labels, probs, p.data.class_names, step=state.global_step)
     return improved
 
 
@@ -554,7 +544,8 @@ def report(
         "train_images_per_s": state.train_images / max(state.train_seconds, 1e-9),
         "num_processes": acc.num_processes,
         "device": str(acc.device),
-        "mixed_precision": acc.mixed_precision,
+        # What ran, not what was asked for: Accelerate quietly skips fp16 autocast on the CPU.
+        "mixed_precision": acc.mixed_precision if acc.native_amp else "no",
     }
     # The best model's numbers on every split: their own names, apart from the per-step train/* curves.
     final = {f"best_model/{s}/{k}": v for s in metrics for k, v in overfitting[s].items()}
