@@ -12,20 +12,22 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import HfArgumentParser
 
-from trashnet_hf.config import ConfigError, DataConfig
+from trashnet_hf import cli
+from trashnet_hf.config import DataConfig
 from trashnet_hf.data import prepare_data
 from trashnet_hf.data.loader import make_loader
 from trashnet_hf.data.transforms import EvalTransform
+from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.metrics import compute_metrics
 from trashnet_hf.model import load_model, preprocessing_of
 
@@ -69,42 +71,145 @@ def predict(
     )
 
 
+SPLIT_NAMES = ("train", "val", "test")
+
+
 @dataclass
 class EvalArgs:
     """``python -m trashnet_hf.evaluation``: metrics of a saved model on one prepared split."""
 
-    model_dir: str = field(metadata={"help": "Folder written by training (OUT/model)."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate: train, val or test."})
+    model_dir: str = field(
+        metadata={"help": "Folder written by training (OUTPUT_DIR/model): config.json and model.safetensors."}
+    )
+    split: Literal["train", "val", "test"] = field(
+        default="test",
+        metadata={
+            "help": "Split to evaluate: train, val or test. The split is the one training made, given the "
+            "same images and the same --seed and share flags."
+        },
+    )
     eval_batch_size: int = field(default=64, metadata={"help": "Images per device per step."})
-    metrics_file: str | None = field(default=None, metadata={"help": "Write the metrics here as JSON."})
+    metrics_file: str | None = field(
+        default=None,
+        metadata={"help": "Write the metrics here as JSON (its folder must exist); default: log them only."},
+    )
+
+    def __post_init__(self) -> None:
+        """Raise ConfigError naming the flag for any value that cannot work, before any work starts."""
+        if self.split not in SPLIT_NAMES:
+            raise ConfigError(f"--split must be train, val or test, got {self.split!r}.")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}.")
+        if self.metrics_file is not None:
+            target = Path(self.metrics_file)
+            if target.is_dir():
+                raise ConfigError(f"--metrics-file: {self.metrics_file!r} is a folder; name a file in it.")
+            if not target.parent.is_dir():
+                raise ConfigError(
+                    f"--metrics-file: folder {str(target.parent)!r} does not exist; create it first or "
+                    "name a file in an existing folder."
+                )
 
 
-def main(argv: list[str] | None = None) -> int:
+class ClassNameError(UserError):
+    """The data has class names the model was not trained on."""
+
+
+def model_class_names(model: nn.Module) -> list[str]:
+    """The model's classes in the order of its outputs (``config.id2label``)."""
+    id2label = model.config.id2label
+    return [id2label[i] for i in range(model.config.num_labels)]
+
+
+def label_mapping(data_names: Sequence[str], model_names: Sequence[str], data_dir: str | None) -> np.ndarray:
+    """``mapping[data_label] = model_id``, matched by exact name (case included, no guessing).
+
+    The data may hold a subset of the model's classes in any order; a name the model does not know raises
+    ClassNameError listing both sets.
+    """
+    model_id = {name: i for i, name in enumerate(model_names)}
+    unknown = [name for name in data_names if name not in model_id]
+    if unknown:
+        folded = {name.casefold(): name for name in model_names}
+        case_only = [
+            f"{n!r} vs the model's {folded[n.casefold()]!r}" for n in unknown if n.casefold() in folded
+        ]
+        source = f"--data-dir {data_dir!r}" if data_dir else "the data"
+        raise ClassNameError(
+            f"{source} has classes the model was not trained on: {', '.join(map(repr, unknown))}. "
+            f"Data classes: {', '.join(data_names)}; model classes: {', '.join(model_names)}. "
+            + (f"Names must match exactly, case included ({'; '.join(case_only)}). " if case_only else "")
+            + "Rename the class folders to the model's names, or leave the unknown classes out."
+        )
+    return np.array([model_id[name] for name in data_names], dtype=np.int64)
+
+
+def _map_labels(labels: list[int], mapping: np.ndarray) -> dict[str, np.ndarray]:
+    return {"label": mapping[np.asarray(labels, dtype=np.int64)]}
+
+
+def relabel(ds: datasets.Dataset, mapping: np.ndarray) -> datasets.Dataset:
+    """``ds`` (``pixels``, ``label``) with its labels rewritten through ``mapping`` (data id -> model id).
+
+    An identity mapping returns ``ds`` itself; any other copies the split into memory (no cache files).
+    """
+    if np.array_equal(mapping, np.arange(len(mapping))):
+        return ds
+    return ds.select_columns(["pixels", "label"]).map(
+        _map_labels,
+        input_columns="label",
+        batched=True,
+        batch_size=1024,
+        fn_kwargs={"mapping": mapping},
+        features=datasets.Features({"pixels": datasets.Value("binary"), "label": datasets.Value("int64")}),
+        keep_in_memory=True,
+        desc="Matching labels to the model's classes",
+    )
+
+
+def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
     """Evaluate a saved model with the data flags of training; works under ``accelerate launch``."""
-    parser = HfArgumentParser((EvalArgs, DataConfig), description=main.__doc__)
-    try:
-        args, data_cfg = parser.parse_args_into_dataclasses(args=argv)
-    except ConfigError as err:
-        parser.error(str(err))
-    if args.split not in ("train", "val", "test"):
-        parser.error(f"--split must be train, val or test, got {args.split!r}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    accelerator = Accelerator()
-    model = load_model(args.model_dir)
+    log = logging.getLogger(__name__)
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        # Checked here rather than in EvalArgs, so the other flags' values are all checked first.
+        what = "is not a folder" if model_dir.exists() else "does not exist"
+        raise ConfigError(
+            f"--model-dir: {args.model_dir!r} {what}; pass the model/ folder a training run wrote "
+            "(OUTPUT_DIR/model)."
+        )
+    # The model first: a broken --model-dir is reported before the data is prepared.
+    model = load_model(model_dir)
+    model_names = model_class_names(model)
     pre = preprocessing_of(model)
     # The stored image size must be the one the model was trained with: take it from the model.
     data_cfg = replace(
         data_cfg, image_size=pre.image_size, crop_pct=pre.crop_pct, interpolation=pre.interpolation
     )
+    accelerator = Accelerator()
     with accelerator.main_process_first():
         data = prepare_data(data_cfg)
-    loader = make_loader(data.splits[args.split], args.eval_batch_size, shuffle=False)
+    # Labels are matched by name: the data's label ids index its own (sorted folder) class list.
+    mapping = label_mapping(data.class_names, model_names, data_cfg.data_dir)
+    split = data.splits[args.split]
+    if len(split) == 0:
+        raise UserError(
+            f"--split {args.split} holds no images (--{args.split}-share "
+            f"{data_cfg.shares[args.split]:g}); evaluate another split."
+        )
+    absent = [name for name in model_names if name not in data.class_names]
+    if absent and accelerator.is_main_process:
+        log.warning(
+            "The data has no class %s of the model: support 0, left out of macro-F1 unless predicted.",
+            ", ".join(absent),
+        )
+    loader = make_loader(relabel(split, mapping), args.eval_batch_size, shuffle=False)
     model, loader = accelerator.prepare(model, loader)
     metrics = predict(accelerator, model, loader, EvalTransform(pre).to(accelerator.device)).metrics(
-        data.class_names
+        model_names
     )
     if accelerator.is_main_process:
-        logging.getLogger(__name__).info(
+        log.info(
             "%s: accuracy %.4f, macro-F1 %.4f on %d images (%d processes)",
             args.split,
             metrics["accuracy"],
@@ -115,6 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.metrics_file:
             Path(args.metrics_file).write_text(json.dumps(metrics, indent=2) + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Metrics of a saved model on one split of the data, prepared with training's data flags.
+
+    Classes are matched by name: the data may hold any subset of the model's classes, in any order; a
+    class the model does not know stops the run. Works under `accelerate launch` too.
+    """
+    return cli.run(
+        (EvalArgs, DataConfig),
+        evaluate,
+        argv,
+        description=main.__doc__,
+        prog="python -m trashnet_hf.evaluation",
+    )
 
 
 if __name__ == "__main__":

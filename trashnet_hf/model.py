@@ -17,10 +17,12 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from trashnet_hf import hub
+from trashnet_hf.errors import UserError
 from trashnet_hf.preprocessing import Preprocessing
 
 logger = logging.getLogger(__name__)
@@ -152,9 +154,111 @@ def save_model(model: TimmWrapperForImageClassification, out_dir: str | Path) ->
     return out
 
 
+class ModelLoadError(UserError):
+    """A model folder that cannot be loaded: missing, incomplete, corrupt, or with a config.json that
+    disagrees with its weights. The message is one line naming the folder or file."""
+
+
+WEIGHTS_FILE = "model.safetensors"  # what save_model writes
+_OTHER_WEIGHTS = ("model.safetensors.index.json", "pytorch_model.bin")  # from_pretrained reads these too
+_RESAVE_HINT = "pass the model/ folder a training run wrote (OUTPUT_DIR/model), as it was written."
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    if not folder.exists():
+        raise ModelLoadError(f"model folder {str(folder)!r} does not exist; {_RESAVE_HINT}")
+    if not folder.is_dir():
+        raise ModelLoadError(f"{str(folder)!r} is not a model folder (it is a file); {_RESAVE_HINT}")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"model folder {str(folder)!r} has no config.json; {_RESAVE_HINT}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_path} is not readable JSON ({err}); {_RESAVE_HINT}") from err
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_path} is not a model config (a JSON object); {_RESAVE_HINT}")
+    names = config.get("label_names")
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ModelLoadError(
+            f"{config_path}: label_names must be a non-empty list of distinct class names, got {names!r}; "
+            f"{_RESAVE_HINT}"
+        )
+    return config
+
+
+def _head_rows(weights: Path, classifier: Any) -> int | None:
+    """Rows of the classifier's weight in ``weights`` (None when the head is not found by name); raises
+    ModelLoadError for a file that is not a whole safetensors file."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = set(f.keys())
+            if isinstance(classifier, str):
+                for key in (f"{classifier}.weight", f"timm_model.{classifier}.weight"):
+                    if key in keys:
+                        return int(f.get_slice(key).get_shape()[0])
+    except SafetensorError as err:
+        raise ModelLoadError(
+            f"{weights} is truncated or not a safetensors file ({err}); copy it again from the training "
+            "output."
+        ) from err
+    return None
+
+
+def _check_model_folder(folder: Path) -> dict[str, Any]:
+    """Everything ``from_pretrained`` would otherwise report as a traceback, as one-line ModelLoadErrors."""
+    config = _read_config(folder)
+    config_path = folder / "config.json"
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        if any((folder / name).is_file() for name in _OTHER_WEIGHTS):
+            return config  # another layout from_pretrained understands; its own checks apply
+        raise ModelLoadError(
+            f"model folder {str(folder)!r} has no weights file {WEIGHTS_FILE}; {_RESAVE_HINT}"
+        )
+    names = config["label_names"]
+    num_classes = config.get("num_classes", len(names))
+    rows = _head_rows(weights, (config.get("pretrained_cfg") or {}).get("classifier"))
+    if num_classes != len(names) or (rows is not None and rows != len(names)):
+        head = f", but {WEIGHTS_FILE} holds a {rows}-class head" if rows is not None else ""
+        raise ModelLoadError(
+            f"{config_path} disagrees with itself or the weights: num_classes is {num_classes!r} and "
+            f"label_names has {len(names)} names {names}{head}; restore config.json as training wrote it."
+        )
+    return config
+
+
 def load_model(path: str | Path) -> TimmWrapperForImageClassification:
-    """Load a folder written by ``save_model``."""
-    model = TimmWrapperForImageClassification.from_pretrained(path)
+    """Load a folder written by ``save_model``.
+
+    Raises ModelLoadError (one line naming the folder or file) for a missing folder, config.json or
+    weights file, a truncated weights file, or a config.json whose classes disagree with the weights.
+    """
+    folder = Path(path)
+    config = _check_model_folder(folder)
+    mismatch = (
+        f"the weights in {str(folder)!r} do not fit the architecture its config.json describes "
+        f"({config.get('architecture')!r})"
+    )
+    try:
+        model, info = TimmWrapperForImageClassification.from_pretrained(folder, output_loading_info=True)
+    except (OSError, ImportError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load the model in {str(folder)!r}: {first_line}") from err
+    except RuntimeError as err:
+        if "mismatched_sizes" not in str(err):
+            raise
+        raise ModelLoadError(f"{mismatch}; {_RESAVE_HINT}") from err
+    if info["missing_keys"] or info["unexpected_keys"]:
+        raise ModelLoadError(
+            f"{mismatch}: {len(info['missing_keys'])} tensors missing and {len(info['unexpected_keys'])} "
+            f"unexpected; {_RESAVE_HINT}"
+        )
     _sync_timm_cfg(model)
     return model
 
