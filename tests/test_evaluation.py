@@ -187,6 +187,7 @@ def test_a_renamed_class_is_refused_listing_both_sets(
     assert not metrics_file.exists()
 
 
+@pytest.mark.slow
 def test_the_command_line_exits_1_with_one_line(trained: dict[str, Path], tmp_path: Path) -> None:
     # The real process: exit status and stderr as a user sees them.
     data = _copy_data(trained["data"], tmp_path / "data", {"gamma": "Gamma"})
