@@ -21,6 +21,7 @@ from trashnet_hf.config import DataConfig
 from trashnet_hf.data.images import prepare_batch
 from trashnet_hf.data.sources import DataSourceError, load_source
 from trashnet_hf.data.split import SPLITS, hash_groups, split_groups
+from trashnet_hf.errors import UserError
 from trashnet_hf.preprocessing import Preprocessing
 
 __all__ = ["DataError", "DataSourceError", "PreparedData", "prepare_data", "write_outputs"]
@@ -31,7 +32,7 @@ REPORT_FILE = "data_report.json"
 MANIFEST_FILE = "split_manifest.csv"
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """The data cannot be used as it is (too many bad files, an empty class, ...)."""
 
 

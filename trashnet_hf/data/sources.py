@@ -22,6 +22,7 @@ from pathlib import Path
 import datasets
 
 from trashnet_hf import hub
+from trashnet_hf.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ RESIZED_ZIP = "dataset-resized.zip"
 ORIGINAL_ZIP = "dataset-original.zip"
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(UserError):
     """The data source cannot be read; the message names the path and what to do."""
 
 
