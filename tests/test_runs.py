@@ -144,6 +144,7 @@ def test_fp16_on_the_cpu_records_what_ran(
     assert any("--mixed-precision fp16 is not available on cpu" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow  # W&B start-up: seconds
 def test_no_prediction_table_means_no_failing_table(
     data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -27,8 +27,9 @@ class DataConfig:
     """Where the images come from and how they are prepared and split."""
 
     data_dir: str | None = _help(
-        "Local dataset folder: an ImageFolder tree (<class>/<image>) or a folder of zips laid out like the "
-        "Hub repo (<root>/<class>/<image> inside each zip). When set, --dataset is not used.",
+        "Local dataset folder: class folders (<class>/<images at any depth>, symlinks followed) or a folder "
+        "of zips laid out like the Hub repo (<root>/<class>/<image> inside each zip). Other layouts are "
+        "refused with a message (see the README). When set, --dataset is not used.",
         default=None,
     )
     dataset: str = _help(

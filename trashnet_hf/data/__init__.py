@@ -19,8 +19,8 @@ from datasets.fingerprint import Hasher
 
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data.images import prepare_batch
-from trashnet_hf.data.sources import DataSourceError, load_source
-from trashnet_hf.data.split import SPLITS, hash_groups, split_groups
+from trashnet_hf.data.sources import DataSourceError, read_source
+from trashnet_hf.data.split import SPLITS, hash_groups, smallest_class, split_groups
 from trashnet_hf.errors import UserError
 from trashnet_hf.preprocessing import Preprocessing
 
@@ -33,7 +33,7 @@ MANIFEST_FILE = "split_manifest.csv"
 
 
 class DataError(UserError):
-    """The data cannot be used as it is (too many bad files, an empty class, ...)."""
+    """The data cannot be used as it is (too many bad files, an empty class, an empty split, ...)."""
 
 
 @dataclass
@@ -60,9 +60,15 @@ def _features(labels: datasets.ClassLabel) -> datasets.Features:
     )
 
 
+def _splits(names: list[str]) -> str:
+    """``val split`` or ``val and test splits``."""
+    return f"{' and '.join(names)} split{'s' if len(names) > 1 else ''}"
+
+
 def prepare_data(cfg: DataConfig) -> PreparedData:
     """Read, prepare (cached by the datasets fingerprint) and split the configured dataset."""
-    raw = load_source(cfg.data_dir, cfg.dataset, cfg.include_originals, cfg.cache_dir)
+    source = read_source(cfg.data_dir, cfg.dataset, cfg.include_originals, cfg.cache_dir)
+    raw = source.dataset
     class_label: datasets.ClassLabel = raw.features["label"]
     pre = cfg.preprocessing
     size = pre.resize_size
@@ -71,6 +77,9 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     # The cache key: the source, the step's code and the settings that change its output, but not how
     # many threads or processes ran it (datasets would otherwise hash those fn_kwargs too).
     fingerprint = Hasher.hash([raw._fingerprint, prepare_batch, prep_kwargs])
+    # Named here: a listed class-folder tree is an in-memory dataset, which datasets would not cache.
+    cache_file = Path(cfg.cache_dir or datasets.config.HF_DATASETS_CACHE) / "trashnet_hf_prepared"
+    cache_file.mkdir(parents=True, exist_ok=True)
     prepared = raw.map(
         prepare_batch,
         batched=True,
@@ -82,6 +91,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         features=_features(class_label),
         remove_columns=["image"],
         new_fingerprint=fingerprint,
+        cache_file_name=str(cache_file / f"prepared-{fingerprint}.arrow"),
         desc=f"Preparing images at {size}px",
     )
     meta = prepared.data.select(["path", "label", "phash", "error"]).to_pydict()
@@ -107,9 +117,17 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         if result.split[k]
     ]
     group_sizes = np.bincount(result.group) if len(result.group) else np.zeros(0, dtype=np.int64)
+    found = np.bincount(np.asarray(labels, dtype=np.int64), minlength=class_label.num_classes)
+    warnings: list[str] = []
+    if source.skipped_in_classes:
+        warnings.append(
+            f"{len(source.skipped_in_classes)} file(s) in the class folders are not images by their "
+            f"extension and were skipped (e.g. {source.skipped_in_classes[0]}); see skipped_files."
+        )
     report: dict[str, Any] = {
         "source": cfg.data_dir or f"hf://datasets/{cfg.dataset}",
         "class_names": class_label.names,
+        "class_counts": {n: int(found[k]) for k, n in enumerate(class_label.names)},
         "num_images": len(paths),
         "num_bad": len(bad_files),
         "bad_files": bad_files,
@@ -123,7 +141,24 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         "preprocessing": pre.to_dict(),
         "hash": {"size": cfg.hash_size, "threshold": cfg.hash_threshold},
         "seed": cfg.seed,
+        "skipped_files": source.skipped_files,
+        "warnings": warnings,
     }
+    kept = {n: sum(report["splits"][s][n] for s in SPLITS) for n in class_label.names}
+    reached = [s for s in SPLITS if cfg.shares[s] > 0]
+    need = smallest_class(cfg.shares)
+    shares_txt = "/".join(f"{cfg.shares[s]:g}" for s in SPLITS)
+    need_txt = f"at least {need} distinct photos" if need else "more distinct photos"
+    for name in class_label.names:
+        missing = [s for s in reached if report["splits"][s][name] == 0]
+        if missing and kept[name]:
+            warnings.append(
+                f"class {name!r} has {kept[name]} usable image(s), too few for the {_splits(missing)}, "
+                f"which hold none of it (a class needs {need_txt} at shares {shares_txt}): its scores there "
+                "are missing; add images of it."
+            )
+    for warning in warnings:
+        logger.warning(warning)
 
     if len(paths) and len(bad_files) / len(paths) > cfg.max_bad_fraction:
         write_outputs(cfg.output_dir, report, manifest)
@@ -134,7 +169,18 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         )
     for name in class_label.names:
         if report["splits"]["train"][name] == 0:
+            write_outputs(cfg.output_dir, report, manifest)
             raise DataError(f"class {name!r} has no images left for the train split; add images of it.")
+    empty = [s for s in reached if not sum(report["splits"][s].values())]
+    if empty:
+        write_outputs(cfg.output_dir, report, manifest)
+        sizes = ", ".join(f"{n!r} {c}" for n, c in sorted(kept.items(), key=lambda kv: (kv[1], kv[0]))[:6])
+        flags = " and ".join(f"--{s}-share {cfg.shares[s]:g}" for s in empty)
+        raise DataError(
+            f"the {_splits(empty)} would hold no images: every class is too small to reach "
+            f"{'it' if len(empty) == 1 else 'them'} (usable images: {sizes}{', ...' if len(kept) > 6 else ''}"
+            f"; a class needs {need_txt} at shares {shares_txt}); add images, or change {flags}."
+        )
 
     split_of = {"train": [], "val": [], "test": []}
     for k, i in enumerate(good):

@@ -94,3 +94,18 @@ def split_groups(
             for i in m:
                 split[i] = names[s]
     return SplitResult(group=groups, split=split, conflicts=sorted(conflicts))
+
+
+def smallest_class(shares: Mapping[str, float], limit: int = 2000) -> int | None:
+    """The fewest distinct photos a class needs for ``split_groups`` to put at least one in every split
+    with a non-zero share (5 at 70/15/15), or None above ``limit``. Its allocation on single images: each
+    goes to the split furthest below its target (ties to the first here, seeded there: same counts)."""
+    share = [float(v) for v in shares.values()]
+    for n in range(1, limit + 1):
+        count = [0] * len(share)
+        for _ in range(n):
+            deficit = [s * n - c for s, c in zip(share, count, strict=True)]
+            count[deficit.index(max(deficit))] += 1
+        if all(c > 0 for s, c in zip(share, count, strict=True) if s > 0):
+            return n
+    return None
