@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import time
 import zipfile
 from collections.abc import Callable
@@ -80,6 +81,13 @@ def _pre_split(tmp: Path) -> str:
     return str(tmp / "split")
 
 
+def _one_class(tmp: Path) -> str:
+    make_learnable_folder(tmp / "one", per_class=3)
+    for name in ("beta", "gamma"):
+        shutil.rmtree(tmp / "one" / name)
+    return str(tmp / "one")
+
+
 # (cli, argv from a temporary folder, exit code, text the one-line message must hold)
 BAD_INPUT = [
     ("train", lambda t: ["--data-dir", "/no/such/data"], 2, "--data-dir"),
@@ -108,6 +116,7 @@ BAD_INPUT = [
     ("data", lambda t: ["--data-dir", _damaged_zip(t)], 1, "dataset-resized.zip: not a readable zip"),
     ("data", lambda t: ["--data-dir", _pre_split(t)], 1, "is split in advance"),
     ("train", lambda t: ["--data-dir", _pre_split(t)], 1, "is split in advance"),
+    ("train", lambda t: ["--data-dir", _one_class(t)], 1, "holds one class folder (alpha/)"),
     ("evaluate", lambda t: ["--model-dir", "m", "--split", "dev"], 2, "--split"),
     ("evaluate", lambda t: ["--model-dir", "m", "--image-size", "0"], 2, "--image-size"),
     ("evaluate", lambda t: ["--model-dir", "m", "--lr", "0.01"], 2, "unknown argument --lr"),

@@ -242,6 +242,11 @@ def _read_tree(root: Path, cache_dir: str | None) -> Source:
             f"({_some(only.image_subfolders)}): that is one class named {only.path.name!r}. If the "
             f"subfolders are the classes, pass --data-dir {only.path}."
         )
+    if len(classes) == 1:
+        raise DataSourceError(
+            f"{root} holds one class folder ({classes[0].path.name}/); a classifier needs at least two: "
+            f"add a folder per class, {root}/<class>/<images>."
+        )
     empty = [f for f in folders if not f.images]
     if empty:
         found = "; ".join(
