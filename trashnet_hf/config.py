@@ -158,7 +158,9 @@ class TrainConfig(DataConfig):
     """Everything ``train.py`` takes: the data flags above plus the model, optimisation and tracking."""
 
     model_name: str = _help(
-        "timm model on the Hub whose weights start the fine-tuning (its head is replaced).",
+        "timm model whose weights start the fine-tuning (its head is replaced): a Hub id, or a local folder "
+        "in timm's Hub layout (config.json + model.safetensors), e.g. one copied from a connected machine "
+        "or written by `python -m trashnet_hf.backbones`.",
         default="timm/resnet18.a1_in1k",
     )
     pretrained: bool = _help(

@@ -34,8 +34,43 @@ PRETRAINED_HINT = "Or pass --pretrained false to train from a randomly initialis
 _KEPT_CFG_KEYS = ("first_conv", "classifier", "fixed_input_size")
 
 
+def local_checkpoint(model_name: str) -> Path | None:
+    """``model_name`` as a local folder in timm's Hub layout (config.json + safetensors), or None when it
+    is not a folder (a Hub id). A folder missing either file is refused, naming what is missing."""
+    folder = Path(model_name)
+    if not folder.is_dir():
+        return None
+    missing = [n for n, ok in (("config.json", (folder / "config.json").is_file()),
+                               ("*.safetensors", any(folder.glob("*.safetensors")))) if not ok]  # fmt: skip
+    if missing:
+        raise ModelLoadError(
+            f"--model-name {folder}: a local checkpoint folder needs config.json and model.safetensors "
+            f"(timm's Hub layout); {' and '.join(missing)} missing."
+        )
+    return folder
+
+
+def pretrained_folder(model_name: str, cache_dir: str | None = None) -> Path:
+    """The folder holding the pretrained weights: a local folder as it is, else the Hub's (cached first).
+    Raises hub.HubUnavailableError quickly when they cannot be fetched."""
+    local = local_checkpoint(model_name)
+    return local if local is not None else hub.download_model(model_name, cache_dir, hint=PRETRAINED_HINT)
+
+
+def base_model_name(model_name: str) -> str:
+    """The Hub id a model starts from: a local folder names the id its config records, if any."""
+    local = local_checkpoint(model_name)
+    if local is None:
+        return model_name
+    cfg = json.loads((local / "config.json").read_text()).get("pretrained_cfg") or {}
+    return cfg.get("hf_hub_id") or str(local)
+
+
 def timm_architecture(model_name: str) -> str:
-    """The timm architecture of a Hub model name, without the Hub: "timm/resnet18.a1_in1k" -> "resnet18"."""
+    """The timm architecture of a Hub model name, without the Hub: "timm/resnet18.a1_in1k" -> "resnet18";
+    of a local checkpoint folder, the architecture its config.json names."""
+    if (local := local_checkpoint(model_name)) is not None:
+        return json.loads((local / "config.json").read_text())["architecture"]
     org, _, name = model_name.removeprefix("hf-hub:").rpartition("/")
     arch, _tag = timm.models.split_model_name_tag(name)
     if org not in ("", "timm") or not timm.is_model(arch):
@@ -66,9 +101,8 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if pretrained:
-            folder = hub.download_model(model_name, cache_dir=cache_dir, hint=PRETRAINED_HINT)
-            model = _from_timm_folder(folder, class_names, preprocessing)
-            base = model_name
+            model = _from_timm_folder(pretrained_folder(model_name, cache_dir), class_names, preprocessing)
+            base = base_model_name(model_name)
         else:
             # Random weights go through the same timm-format folder and from_pretrained as Hub weights:
             # a wrapper built straight from a config would save "timm_model."-prefixed keys timm cannot load.

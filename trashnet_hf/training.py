@@ -31,13 +31,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from trashnet_hf import checkpointing, hub, plots, tracking
+from trashnet_hf import checkpointing, plots, tracking
 from trashnet_hf.config import TrainConfig
 from trashnet_hf.data import DataError, PreparedData, prepare_data, write_outputs
 from trashnet_hf.data.loader import decode_pixels, make_loader
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
 from trashnet_hf.evaluation import Predictions, predict
-from trashnet_hf.model import PRETRAINED_HINT, build_model, load_model, save_model
+from trashnet_hf.model import build_model, load_model, pretrained_folder, save_model
 
 logger = get_logger(__name__)  # logs from the main process only
 # Accelerate warns on every rotation of the checkpoints we asked it to rotate: one warning per epoch.
@@ -106,7 +106,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         resume_from, signature = check_resume(cfg, accelerator)  # before any work
         if cfg.pretrained:  # fetch (or find cached) weights before any data work: offline, fails in seconds
             with accelerator.main_process_first():
-                hub.download_model(cfg.model_name, cfg.cache_dir, hint=PRETRAINED_HINT)
+                pretrained_folder(cfg.model_name, cfg.cache_dir)
         data = load_data(cfg, accelerator)  # 2. prepared splits
         signature |= checkpointing.data_signature(data.class_names, data.manifest)
         if resume_from is not None:  # same classes, same split: before anything in the folder changes

