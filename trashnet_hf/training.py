@@ -103,16 +103,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     accelerator = setup(cfg, out)  # 1. Accelerate, seed, the trackers' environment
     results = None
     try:
-        resume_from, signature = check_resume(cfg, accelerator)  # before any work
+        resume_from, saved, signature = check_resume(cfg, accelerator)  # before any work
         if cfg.pretrained:  # fetch (or find cached) weights before any data work: offline, fails in seconds
             with accelerator.main_process_first():
                 pretrained_folder(cfg.model_name, cfg.cache_dir)
         data = load_data(cfg, accelerator)  # 2. prepared splits
         signature |= checkpointing.data_signature(data.class_names, data.manifest)
         if resume_from is not None:  # same classes, same split: before anything in the folder changes
-            checkpointing.check_signature(
-                resume_from, checkpointing.read_state(resume_from)["signature"], signature
-            )
+            checkpointing.check_signature(resume_from, saved, signature)
         write_data_outputs(cfg, accelerator, data)
         parts = build_parts(cfg, accelerator, data)  # 3-4. model, transforms, loaders, optimiser, schedule
         state = TrainerState(signature=signature)
@@ -175,7 +173,7 @@ def setup(cfg: TrainConfig, out: Path) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     accelerator.project_configuration.iteration = checkpointing.next_number(out)
-    if accelerator.mixed_precision != "no" and not accelerator.native_amp:
+    if precision_that_runs(accelerator) != accelerator.mixed_precision:
         logger.warning(
             "--mixed-precision %s is not available on %s: training in full precision (fp32) instead.",
             accelerator.mixed_precision,
@@ -187,15 +185,23 @@ def setup(cfg: TrainConfig, out: Path) -> Accelerator:
     return accelerator
 
 
-def check_resume(cfg: TrainConfig, accelerator: Accelerator) -> tuple[Path | None, dict[str, Any]]:
-    """The checkpoint to resume (None for a new run) and this run's signature; a checkpoint from a run
-    with other settings is refused here, before any work."""
+def precision_that_runs(accelerator: Accelerator) -> str:
+    """The mixed precision that actually runs: Accelerate quietly skips fp16 autocast on the CPU."""
+    return accelerator.mixed_precision if accelerator.native_amp else "no"
+
+
+def check_resume(
+    cfg: TrainConfig, accelerator: Accelerator
+) -> tuple[Path | None, dict[str, Any], dict[str, Any]]:
+    """The checkpoint to resume (None for a new run), the signature saved in it ({} for none) and this
+    run's; a checkpoint from a run with other settings is refused here, before any work."""
     resume_from = checkpointing.resolve(cfg)
     signature = checkpointing.signature(cfg, accelerator.num_processes)
+    saved: dict[str, Any] = {}
     if resume_from is not None:
         saved = checkpointing.read_state(resume_from).get("signature", {})
         checkpointing.check_signature(resume_from, saved, signature)
-    return resume_from, signature
+    return resume_from, saved, signature
 
 
 # --- 2. Data ------------------------------------------------------------------------------------------
@@ -544,8 +550,7 @@ def report(
         "train_images_per_s": state.train_images / max(state.train_seconds, 1e-9),
         "num_processes": acc.num_processes,
         "device": str(acc.device),
-        # What ran, not what was asked for: Accelerate quietly skips fp16 autocast on the CPU.
-        "mixed_precision": acc.mixed_precision if acc.native_amp else "no",
+        "mixed_precision": precision_that_runs(acc),  # what ran, not what was asked for
     }
     # The best model's numbers on every split: their own names, apart from the per-step train/* curves.
     final = {f"best_model/{s}/{k}": v for s in metrics for k, v in overfitting[s].items()}
