@@ -98,14 +98,11 @@ def split_groups(
 
 def smallest_class(shares: Mapping[str, float], limit: int = 2000) -> int | None:
     """The fewest distinct photos a class needs for ``split_groups`` to put at least one in every split
-    with a non-zero share (5 at 70/15/15), or None above ``limit``. Its allocation on single images: each
-    goes to the split furthest below its target (ties to the first here, seeded there: same counts)."""
-    share = [float(v) for v in shares.values()]
+    with a non-zero share (5 at 70/15/15), or None above ``limit``: asked of ``split_groups`` itself, on
+    n distinct single photos of one class."""
+    wanted = {name for name, share in shares.items() if share > 0}
     for n in range(1, limit + 1):
-        count = [0] * len(share)
-        for _ in range(n):
-            deficit = [s * n - c for s, c in zip(share, count, strict=True)]
-            count[deficit.index(max(deficit))] += 1
-        if all(c > 0 for s, c in zip(share, count, strict=True) if s > 0):
+        result = split_groups(np.arange(n), [0] * n, [f"{i:06d}" for i in range(n)], shares, seed=0)
+        if wanted <= set(result.split):
             return n
     return None
