@@ -14,7 +14,7 @@ from tests.conftest import CLASSES, jpeg_bytes, make_image_folder, photo
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data import DataError, DataSourceError, prepare_data
 from trashnet_hf.data.__main__ import main
-from trashnet_hf.data.sources import load_source
+from trashnet_hf.data.sources import read_source
 
 
 def _cfg(data_dir: Path, tmp_path: Path, cache_dir: str, **kw) -> DataConfig:
@@ -245,9 +245,9 @@ def test_a_split_with_share_zero_may_be_empty(tmp_path: Path, cache_dir: str) ->
 
 def test_fingerprint_is_stable_and_follows_the_files(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "data")
-    first = load_source(str(root), "unused/unused")
-    assert load_source(str(root), "unused/unused")._fingerprint == first._fingerprint
+    first = read_source(str(root), "unused/unused").dataset
+    assert read_source(str(root), "unused/unused").dataset._fingerprint == first._fingerprint
     assert first.features["image"].decode is False
     assert first[0]["image"] == {"path": str(root / "alpha" / "alpha0.jpg"), "bytes": None}
     photo(4242).save(root / "alpha" / "alpha0.jpg", quality=80)  # replaced in place, same path
-    assert load_source(str(root), "unused/unused")._fingerprint != first._fingerprint
+    assert read_source(str(root), "unused/unused").dataset._fingerprint != first._fingerprint

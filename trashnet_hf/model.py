@@ -40,8 +40,9 @@ def local_checkpoint(model_name: str) -> Path | None:
     folder = Path(model_name)
     if not folder.is_dir():
         return None
-    missing = [n for n, ok in (("config.json", (folder / "config.json").is_file()),
-                               ("*.safetensors", any(folder.glob("*.safetensors")))) if not ok]  # fmt: skip
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if not any(folder.glob("*.safetensors")):
+        missing.append("*.safetensors")
     if missing:
         raise ModelLoadError(
             f"--model-name {folder}: a local checkpoint folder needs config.json and model.safetensors "

@@ -315,10 +315,3 @@ def read_source(
         f"holding {RESIZED_ZIP} as on the Hub",
     )
     return Source(_image_folder(extract_archives(zips, cache_dir), cache_dir))
-
-
-def load_source(
-    data_dir: str | None, dataset: str, include_originals: bool = False, cache_dir: str | None = None
-) -> datasets.Dataset:
-    """The raw dataset: ``image`` ({path, bytes}, undecoded) and ``label`` (ClassLabel) columns."""
-    return read_source(data_dir, dataset, include_originals, cache_dir).dataset
