@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
+from transformers import pipeline
 
 from trashnet_hf.backbones import LITE0_ARCH, convert_lite0, lite0_weights_file, write_lite0_folder
 from trashnet_hf.config import TrainConfig
-from trashnet_hf.model import ModelLoadError, build_model
+from trashnet_hf.model import ModelLoadError, backbone_preprocessing, build_model
 from trashnet_hf.preprocessing import Preprocessing
 from trashnet_hf.training import train
 
@@ -43,6 +44,41 @@ def test_the_folder_loads_in_timm_with_the_backbones_preprocessing(lite0: Path) 
     assert model.pretrained_cfg["architecture"] == LITE0_ARCH
     data_cfg = resolve_data_config(model=model)
     assert tuple(data_cfg["mean"]) == tuple(data_cfg["std"]) == (0.5, 0.5, 0.5)  # not ImageNet's
+
+
+def test_the_preprocessing_comes_from_the_backbones_config(lite0: Path) -> None:
+    pre = backbone_preprocessing(str(lite0), pretrained=True, image_size=160)
+    assert (pre.mean, pre.std, pre.crop_pct, pre.interpolation) == ((0.5,) * 3, (0.5,) * 3, 0.875, "bicubic")
+    # What the user sets wins; the normalisation stays the backbone's.
+    mine = backbone_preprocessing(str(lite0), True, 160, crop_pct=1.0, interpolation="bilinear")
+    assert (mine.mean, mine.crop_pct, mine.interpolation) == ((0.5,) * 3, 1.0, "bilinear")
+
+
+@pytest.mark.parametrize("name", ["timm/resnet18.a1_in1k", "test_resnet", "tf_efficientnet_lite0"])
+def test_a_random_init_keeps_the_architectures_timm_defaults(name: str) -> None:
+    pre = backbone_preprocessing(name, pretrained=False, image_size=128)
+    default = timm.models.get_pretrained_cfg(name.removeprefix("timm/").split(".")[0])
+    assert pre.mean == tuple(default.mean) and pre.std == tuple(default.std)
+    assert (pre.crop_pct, pre.interpolation) == (default.crop_pct, default.interpolation)
+
+
+def test_training_saves_the_backbones_preprocessing_for_pipeline_and_timm(
+    lite0: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    cfg = TrainConfig(
+        data_dir=str(image_folder), output_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+        model_name=str(lite0), image_size=64, epochs=1, batch_size=4, report_to="none", val_share=0.25,
+        test_share=0.25, train_share=0.5,
+    )  # fmt: skip
+    results = train(cfg).results
+    assert list(results["data_report"]["preprocessing"]["mean"]) == [0.5, 0.5, 0.5]
+    saved = tmp_path / "run" / "model"
+    served = pipeline("image-classification", model=str(saved)).image_processor.data_config
+    assert served["mean"] == served["std"] == (0.5, 0.5, 0.5)
+    geometry = (served["crop_pct"], served["interpolation"], served["input_size"])
+    assert geometry == (0.875, "bicubic", (3, 64, 64))
+    native = timm.create_model(f"local-dir:{saved}", pretrained=True)
+    assert tuple(resolve_data_config(model=native)["mean"]) == (0.5, 0.5, 0.5)
 
 
 @pytest.mark.real_data

@@ -140,10 +140,15 @@ def data_signature(class_names: list[str], manifest: list[dict[str, Any]]) -> di
     return {"class_names": list(class_names), "split": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
 
 
+def _name(key: str) -> str:
+    """A signature key as the user knows it: the flag, or (for derived values) the plain name."""
+    return f"--{key.replace('_', '-')}" if key in SIGNATURE_FLAGS else f"the {key}"
+
+
 def check_signature(checkpoint: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse a resume whose saved settings differ from this run's, naming each differing flag."""
     diffs = [
-        f"--{key.replace('_', '-')} {saved[key]!r} then, {current[key]!r} now"
+        f"{_name(key)} {saved[key]!r} then, {current[key]!r} now"
         for key in current
         if key in saved and saved[key] != current[key] and key not in ("class_names", "split")
     ]

@@ -46,13 +46,17 @@ class DataConfig:
     )
     seed: int = _help("Random seed for the split (and, in training, everything else).", default=42)
     image_size: int = _help("Side of the square model input (the training crop), in pixels.", default=224)
-    crop_pct: float = _help(
+    crop_pct: float | None = _help(
         "Centre-crop fraction of the eval transform: images are stored with their shorter side at "
-        "floor(image_size / crop_pct) and centre-cropped to image_size at eval time.",
-        default=0.875,
+        "floor(image_size / crop_pct) and centre-cropped to image_size at eval time. Default: the "
+        "backbone's own (its pretrained_cfg; timm's default for the architecture with --pretrained false); "
+        f"{Preprocessing.crop_pct} when preparing data alone.",
+        default=None,
     )
-    interpolation: Literal["bilinear", "bicubic"] = _help(
-        "Resampling filter for resizing, at preparation and at serving time.", default="bicubic"
+    interpolation: Literal["bilinear", "bicubic"] | None = _help(
+        "Resampling filter for resizing, at preparation and at serving time. Default: the backbone's own, "
+        f"as for --crop-pct; {Preprocessing.interpolation} when preparing data alone.",
+        default=None,
     )
     train_share: float = _help(
         "Share of each class's images in the train split (duplicate groups move whole).", default=0.70
@@ -97,8 +101,13 @@ class DataConfig:
 
     @property
     def preprocessing(self) -> Preprocessing:
+        """The geometry these flags set alone, without a backbone (``python -m trashnet_hf.data``); training
+        resolves the backbone's own with ``model.backbone_preprocessing``."""
+        defaults = Preprocessing(image_size=self.image_size)
         return Preprocessing(
-            image_size=self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation
+            image_size=self.image_size,
+            crop_pct=self.crop_pct if self.crop_pct is not None else defaults.crop_pct,
+            interpolation=self.interpolation or defaults.interpolation,
         )
 
     @property
@@ -125,7 +134,7 @@ class DataConfig:
             raise ConfigError(f"--output-dir: {self.output_dir!r} is a file; pass a folder.")
         if self.image_size < 16:
             raise ConfigError(f"--image-size must be at least 16 pixels, got {self.image_size}.")
-        if not 0.1 <= self.crop_pct <= 1.0:
+        if self.crop_pct is not None and not 0.1 <= self.crop_pct <= 1.0:
             raise ConfigError(f"--crop-pct must be between 0.1 and 1.0, got {self.crop_pct}.")
         for name, share in self.shares.items():
             if not 0.0 <= share <= 1.0:

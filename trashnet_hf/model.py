@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from trashnet_hf import hub
-from trashnet_hf.errors import UserError
-from trashnet_hf.preprocessing import Preprocessing
+from trashnet_hf.errors import ConfigError, UserError
+from trashnet_hf.preprocessing import INTERPOLATIONS, Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,39 @@ def timm_architecture(model_name: str) -> str:
             f"use a timm model name such as {DEFAULT_MODEL_NAME!r}"
         )
     return arch
+
+
+def backbone_preprocessing(
+    model_name: str,
+    pretrained: bool,
+    image_size: int,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    cache_dir: str | None = None,
+) -> Preprocessing:
+    """The input a backbone expects at ``image_size``: mean and std from its ``pretrained_cfg`` (the
+    pretrained checkpoint's config.json; timm's default config of the architecture for a random init),
+    and crop_pct and interpolation too unless given. Fetches (or finds cached) pretrained weights."""
+    if pretrained:
+        folder = pretrained_folder(model_name, cache_dir)
+        source = json.loads((folder / "config.json").read_text()).get("pretrained_cfg") or {}
+    else:
+        default = timm.models.get_pretrained_cfg(timm_architecture(model_name))
+        source = default.to_dict() if default is not None else {}
+    fallback = Preprocessing(image_size=image_size)  # ImageNet's constants where a config has none
+    interpolation = interpolation or source.get("interpolation") or fallback.interpolation
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(
+            f"--model-name {model_name}: the backbone resizes with {interpolation!r}, which is not supported "
+            f"here; pass --interpolation ({' or '.join(INTERPOLATIONS)})."
+        )
+    return Preprocessing(
+        image_size=image_size,
+        crop_pct=crop_pct if crop_pct is not None else float(source.get("crop_pct") or fallback.crop_pct),
+        interpolation=interpolation,
+        mean=tuple(source.get("mean") or fallback.mean),
+        std=tuple(source.get("std") or fallback.std),
+    )
 
 
 def build_model(
@@ -155,9 +188,28 @@ def _from_timm_folder(
         **preprocessing.to_pretrained_cfg(),
         "num_classes": len(class_names),
     }
-    model = TimmWrapperForImageClassification.from_pretrained(
-        folder, config=config, ignore_mismatched_sizes=True
-    )
+    # transformers would print a table of the head swap as a warning; it is the point here, so check
+    # the load ourselves: only the classifier may differ, and nothing may be missing.
+    modeling_logger = logging.getLogger("transformers.modeling_utils")
+    level = modeling_logger.level
+    modeling_logger.setLevel(logging.ERROR)
+    try:
+        model, info = TimmWrapperForImageClassification.from_pretrained(
+            folder, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+    finally:
+        modeling_logger.setLevel(level)
+    head = str(source_cfg.get("classifier", ""))
+    swapped = [key for key, *_ in info["mismatched_keys"]]
+    others = [k for k in [*swapped, *info["missing_keys"]] if not k.startswith(f"timm_model.{head}.")]
+    if others or not head:
+        raise ModelLoadError(
+            f"{folder}: the checkpoint does not fit {config.architecture} beyond its head "
+            f"({len(others)} tensors missing or of another shape, e.g. {others[:2]}); pass a checkpoint of "
+            "that architecture."
+        )
+    if swapped:
+        logger.info("New %d-class head (%s) replaces the checkpoint's", len(class_names), head)
     _sync_timm_cfg(model)
     return model
 

@@ -38,6 +38,8 @@ class Preprocessing:
             raise ValueError(f"crop_pct must be in [0.1, 1.0], got {self.crop_pct}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need 3 values (RGB), std above 0; got {self.mean}, {self.std}")
 
     @property
     def resize_size(self) -> int:

@@ -37,7 +37,8 @@ from trashnet_hf.data import DataError, PreparedData, prepare_data, write_output
 from trashnet_hf.data.loader import decode_pixels, make_loader
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
 from trashnet_hf.evaluation import Predictions, predict
-from trashnet_hf.model import build_model, load_model, pretrained_folder, save_model
+from trashnet_hf.model import backbone_preprocessing, build_model, load_model, save_model
+from trashnet_hf.preprocessing import Preprocessing
 
 logger = get_logger(__name__)  # logs from the main process only
 # Accelerate warns on every rotation of the checkpoints we asked it to rotate: one warning per epoch.
@@ -104,10 +105,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     results = None
     try:
         resume_from, saved, signature = check_resume(cfg, accelerator)  # before any work
-        if cfg.pretrained:  # fetch (or find cached) weights before any data work: offline, fails in seconds
-            with accelerator.main_process_first():
-                pretrained_folder(cfg.model_name, cfg.cache_dir)
-        data = load_data(cfg, accelerator)  # 2. prepared splits
+        # The backbone's input definition; fetches (or finds cached) pretrained weights before any data
+        # work, so offline it fails in seconds.
+        with accelerator.main_process_first():
+            pre = backbone_preprocessing(
+                cfg.model_name, cfg.pretrained, cfg.image_size, cfg.crop_pct, cfg.interpolation, cfg.cache_dir
+            )
+        logger.info("Preprocessing: %s", pre)
+        data = load_data(cfg, accelerator, pre)  # 2. prepared splits
+        signature |= {"preprocessing": pre.to_dict()}
         signature |= checkpointing.data_signature(data.class_names, data.manifest)
         if resume_from is not None:  # same classes, same split: before anything in the folder changes
             checkpointing.check_signature(resume_from, saved, signature)
@@ -207,10 +213,10 @@ def check_resume(
 # --- 2. Data ------------------------------------------------------------------------------------------
 
 
-def load_data(cfg: TrainConfig, accelerator: Accelerator) -> PreparedData:
+def load_data(cfg: TrainConfig, accelerator: Accelerator, pre: Preprocessing) -> PreparedData:
     """Prepare (or read from the cache) and split the data; refuse a train split under one batch."""
     with accelerator.main_process_first():
-        data = prepare_data(cfg)
+        data = prepare_data(cfg, pre)
     r = data.report
     logger.info(
         "Data: %d images, %d bad, %d duplicate groups, %d label conflicts dropped; train/val/test = %s",

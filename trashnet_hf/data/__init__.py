@@ -65,9 +65,8 @@ def _splits(names: list[str]) -> str:
     return f"{' and '.join(names)} split{'s' if len(names) > 1 else ''}"
 
 
-def _prepare_images(cfg: DataConfig, raw: datasets.Dataset) -> datasets.Dataset:
+def _prepare_images(cfg: DataConfig, raw: datasets.Dataset, pre: Preprocessing) -> datasets.Dataset:
     """Decode, resize and hash every image (``prepare_batch``), cached by the datasets fingerprint."""
-    pre = cfg.preprocessing
     num_proc = min(cfg.num_proc, max(1, len(raw) // 64))
     prep_kwargs = {"size": pre.resize_size, "interpolation": pre.interpolation, "hash_size": cfg.hash_size}
     # The cache key: the source, the step's code and the settings that change its output, but not how
@@ -149,11 +148,13 @@ def _refusal(cfg: DataConfig, report: dict[str, Any]) -> str | None:
     return None
 
 
-def prepare_data(cfg: DataConfig) -> PreparedData:
-    """Read, prepare (cached by the datasets fingerprint) and split the configured dataset."""
+def prepare_data(cfg: DataConfig, preprocessing: Preprocessing | None = None) -> PreparedData:
+    """Read, prepare (cached by the datasets fingerprint) and split the configured dataset, at the geometry
+    of ``preprocessing`` (the model's, from the caller; default: what ``cfg``'s flags alone set)."""
+    pre = preprocessing or cfg.preprocessing
     source = read_source(cfg.data_dir, cfg.dataset, cfg.include_originals, cfg.cache_dir)
     class_label: datasets.ClassLabel = source.dataset.features["label"]
-    prepared = _prepare_images(cfg, source.dataset)
+    prepared = _prepare_images(cfg, source.dataset, pre)
     meta = prepared.data.select(["path", "label", "phash", "error"]).to_pydict()
     paths, labels, hashes, errors = meta["path"], meta["label"], meta["phash"], meta["error"]
 
@@ -193,7 +194,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
         "label_conflicts": [[paths[good[k]] for k in members] for members in result.conflicts],
         "num_kept": len(manifest),
         "splits": splits,
-        "preprocessing": cfg.preprocessing.to_dict(),
+        "preprocessing": pre.to_dict(),
         "hash": {"size": cfg.hash_size, "threshold": cfg.hash_threshold},
         "seed": cfg.seed,
         "skipped_files": source.skipped_files,
@@ -212,7 +213,7 @@ def prepare_data(cfg: DataConfig) -> PreparedData:
     splits_ds = datasets.DatasetDict(
         {s: prepared.select(idx).select_columns(["pixels", "label", "path"]) for s, idx in split_of.items()}
     )
-    return PreparedData(splits_ds, list(class_label.names), cfg.preprocessing, report, manifest)
+    return PreparedData(splits_ds, list(class_label.names), pre, report, manifest)
 
 
 def write_outputs(output_dir: str | Path, report: dict[str, Any], manifest: list[dict[str, Any]]) -> None:
