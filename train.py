@@ -20,13 +20,15 @@ log = logging.getLogger("train")
 
 def run(cfg: TrainConfig) -> int:
     # Imported after parsing: --help and a bad flag answer without loading the training stack.
-    from trashnet_hf.report import format_final_table
+    from trashnet_hf.report import format_final_table, smoke_run_notice
     from trashnet_hf.training import train
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file is noise
     result = train(cfg)
     if result.results is not None:
         log.info("\n%s", format_final_table(result.results))
+        if (notice := smoke_run_notice(result.results)) is not None:
+            log.warning(notice)
         log.info("Outputs in %s: model/, results.json, confusion_matrix.png, curves.png", result.output_dir)
         if result.results.get("wandb_sync"):
             log.info("Upload the offline W&B run with: %s", result.results["wandb_sync"])

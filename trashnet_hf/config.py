@@ -186,6 +186,25 @@ class TrainConfig(DataConfig):
         "Share of the optimisation steps spent warming the learning rate up.", default=0.1
     )
     label_smoothing: float = _help("Label smoothing of the cross-entropy loss.", default=0.1)
+    layer_decay: float = _help(
+        "Layer-wise learning-rate decay: each layer below the head learns at this factor of the one above "
+        "it (timm's layer grouping), so the pretrained features move less than the new head; 1 disables.",
+        default=1.0,
+    )
+    ema_decay: float = _help(
+        "Validate, keep and publish an exponential moving average of the weights with this decay (with "
+        "timm's warm-up, so short runs work); 0 disables.",
+        default=0.0,
+    )
+    mixup_alpha: float = _help("Mixup strength (timm's Mixup, one draw per batch); 0 disables.", default=0.0)
+    cutmix_alpha: float = _help(
+        "CutMix strength (with --mixup-alpha too, each batch uses one of the two); 0 disables.", default=0.0
+    )
+    class_weighting: Literal["none", "balanced"] = _help(
+        "Loss weight per class: 'balanced' weighs each class by n / (k * n_class) of the train split, so "
+        "the small trash class counts as much as the others.",
+        default="none",
+    )
     gradient_accumulation_steps: int = _help("Steps whose gradients add up before an update.", default=1)
     max_grad_norm: float = _help("Clip the gradient norm to this value (0 disables).", default=1.0)
     mixed_precision: Literal["no", "fp16", "bf16"] | None = _help(
@@ -255,6 +274,18 @@ class TrainConfig(DataConfig):
         for name in ("warmup_ratio", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}.")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"--layer-decay must be in (0, 1] (1 disables it), got {self.layer_decay}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"--ema-decay must be in [0, 1) (0 disables it), got {self.ema_decay}.")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}.")
+        if (self.mixup_alpha or self.cutmix_alpha) and self.batch_size % 2:
+            raise ConfigError(
+                f"--mixup-alpha/--cutmix-alpha mix each batch with its mirror image and need an even "
+                f"--batch-size, got {self.batch_size}."
+            )
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise ConfigError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}.")
         for name in ("patience", "checkpoint_every_steps", "prediction_table_size"):

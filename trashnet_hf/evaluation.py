@@ -54,7 +54,8 @@ def predict(
     model.eval()
     probs, labels, losses = [], [], []
     for batch in loader:
-        logits = model(pixel_values=transform(batch["pixels"])).logits.float()
+        with accelerator.autocast():  # also for a model accelerate did not wrap (the EMA copy)
+            logits = model(pixel_values=transform(batch["pixels"])).logits.float()
         loss = F.cross_entropy(logits, batch["label"], reduction="none")
         p, y, lo = accelerator.gather_for_metrics((logits.softmax(-1), batch["label"], loss))
         probs.append(p)

@@ -14,6 +14,7 @@ from typing import Any
 
 import evaluate
 import numpy as np
+from scipy.stats import binomtest
 
 MODULES_DIR = Path(__file__).parent / "metrics_modules"
 
@@ -26,6 +27,15 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
         raise ValueError(f"No packaged metric {name!r} in {MODULES_DIR}")
     # keep_in_memory: no Arrow cache files under HF_HOME for a one-shot compute.
     return evaluate.load(str(path), keep_in_memory=True)
+
+
+def accuracy_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy measured on ``total`` images: how far the true accuracy
+    may lie from the measured one on a test set this size (scipy's ``binomtest``)."""
+    if total == 0:
+        return (0.0, 1.0)
+    ci = binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
 
 
 def _class_ids(values: Sequence[int] | np.ndarray, what: str, num_classes: int) -> np.ndarray:
@@ -65,6 +75,7 @@ def compute_metrics(
     f1_metric = load_metric("f1")
     return {
         "accuracy": load_metric("accuracy").compute(predictions=preds, references=refs)["accuracy"],
+        "accuracy_ci95": list(accuracy_interval(int((preds == refs).sum()), int(refs.size))),
         "macro_f1": f1_metric.compute(predictions=preds, references=refs, average="macro", zero_division=0)[
             "f1"
         ],

@@ -164,6 +164,10 @@ def _write_random_checkpoint(arch: str, num_classes: int, folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in record.getMessage()
+
+
 def _from_timm_folder(
     folder: Path, class_names: Sequence[str], preprocessing: Preprocessing
 ) -> TimmWrapperForImageClassification:
@@ -190,15 +194,16 @@ def _from_timm_folder(
     }
     # transformers would print a table of the head swap as a warning; it is the point here, so check
     # the load ourselves: only the classifier may differ, and nothing may be missing.
+    # (A filter, not a higher level: transformers runs an extra tensor-parallel check, with its own
+    # warnings, when that logger's level is WARNING or above.)
     modeling_logger = logging.getLogger("transformers.modeling_utils")
-    level = modeling_logger.level
-    modeling_logger.setLevel(logging.ERROR)
+    modeling_logger.addFilter(_no_load_report)
     try:
         model, info = TimmWrapperForImageClassification.from_pretrained(
             folder, config=config, ignore_mismatched_sizes=True, output_loading_info=True
         )
     finally:
-        modeling_logger.setLevel(level)
+        modeling_logger.removeFilter(_no_load_report)
     head = str(source_cfg.get("classifier", ""))
     swapped = [key for key, *_ in info["mismatched_keys"]]
     others = [k for k in [*swapped, *info["missing_keys"]] if not k.startswith(f"timm_model.{head}.")]

@@ -18,6 +18,31 @@ def format_final_table(results: dict[str, Any]) -> str:
         f"val-test gap {o['gap_val_minus_test_accuracy']:+.3f}; best epoch {results['best_epoch']} "
         f"of {results['epochs_run']} ({results['status']})"
     )
-    per_class = results["metrics"]["test"]["per_class"]
-    lines.append("test F1 per class: " + ", ".join(f"{c} {v['f1']:.2f}" for c, v in per_class.items()))
+    test = results["metrics"]["test"]
+    per_class = ", ".join(f"{c} {v['f1']:.2f}" for c, v in test["per_class"].items())
+    lines.append(f"test F1 per class: {per_class}")
+    low, high = test["accuracy_ci95"]
+    lines.append(
+        f"test accuracy {test['accuracy']:.3f} on {_test_images(results)} images: "
+        f"95% interval {low:.3f}-{high:.3f}"
+    )
     return "\n".join(lines)
+
+
+SMOKE_TEST_IMAGES = 100  # below this a test accuracy is too coarse to say how well the model sorts
+
+
+def _test_images(results: dict[str, Any]) -> int:
+    return sum(v["support"] for v in results["metrics"]["test"]["per_class"].values())
+
+
+def smoke_run_notice(results: dict[str, Any]) -> str | None:
+    """A plain warning when the test split is too small for its accuracy to mean much, else None."""
+    n = _test_images(results)
+    if n >= SMOKE_TEST_IMAGES:
+        return None
+    return (
+        f"Only {n} test images: a smoke run that shows the pipeline works end to end, not how well the "
+        "model sorts waste. For real numbers train on all of TrashNet (README: 'Offline, with a real "
+        "pretrained backbone', or bench/accuracy.py)."
+    )

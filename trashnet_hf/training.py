@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
-from timm.optim import param_groups_weight_decay
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from trashnet_hf import checkpointing, plots, tracking
+from trashnet_hf import checkpointing, plots, recipe, tracking
 from trashnet_hf.config import TrainConfig
 from trashnet_hf.data import DataError, PreparedData, prepare_data, write_outputs
 from trashnet_hf.data.loader import decode_pixels, make_loader
@@ -95,6 +95,12 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     total_steps: int
+    objective: recipe.Objective
+    ema: ModelEmaV3 | None  # with --ema-decay: the weights that are validated, kept and published
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -121,6 +127,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         parts = build_parts(cfg, accelerator, data)  # 3-4. model, transforms, loaders, optimiser, schedule
         state = TrainerState(signature=signature)
         accelerator.register_for_checkpointing(state)
+        if parts.ema is not None:
+            accelerator.register_for_checkpointing(parts.ema)
         if resume_from is not None:
             checkpointing.restore(accelerator, resume_from)
             logger.info(
@@ -264,8 +272,8 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
     )
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # No decay on biases and norm weights (the 1-D parameters): decaying them only hurts.
-    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, cfg.weight_decay), lr=cfg.learning_rate)
+    groups = recipe.param_groups(model.timm_model, cfg.learning_rate, cfg.weight_decay, cfg.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
     # Counted on the unsharded loader: Accelerate steps the scheduler once per process per update.
     total_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
@@ -273,6 +281,12 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
     train_tf = TrainTransform(data.preprocessing, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter)
+    weights = None
+    if cfg.class_weighting == "balanced":
+        weights = recipe.balanced_class_weights(data.splits["train"]["label"], len(data.class_names))
+    objective = recipe.Objective(
+        len(data.class_names), cfg.label_smoothing, cfg.mixup_alpha, cfg.cutmix_alpha, weights
+    )
     return Parts(
         accelerator,
         data,
@@ -284,6 +298,8 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
         optimizer,
         scheduler,
         total_steps,
+        objective.to(device),
+        recipe.make_ema(accelerator.unwrap_model(model), cfg.ema_decay),
     )
 
 
@@ -429,8 +445,9 @@ def train_epoch(cfg: TrainConfig, p: Parts, state: TrainerState, stats: LoopStat
     stats.start_epoch(state.epoch_totals)
     for batch in acc.skip_first_batches(p.train_loader, state.step_in_epoch):
         with acc.accumulate(model):
-            logits = model(pixel_values=p.train_tf(batch["pixels"])).logits.float()
-            loss = F.cross_entropy(logits, batch["label"], label_smoothing=cfg.label_smoothing)
+            images, targets = p.objective.mix(p.train_tf(batch["pixels"]), batch["label"])
+            logits = model(pixel_values=images).logits.float()
+            loss = p.objective(logits, targets)
             acc.backward(loss)
             if acc.sync_gradients and cfg.max_grad_norm > 0:
                 acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -442,6 +459,8 @@ def train_epoch(cfg: TrainConfig, p: Parts, state: TrainerState, stats: LoopStat
         if not acc.sync_gradients:
             continue
         state.global_step += 1
+        if p.ema is not None:
+            p.ema.update(acc.unwrap_model(model), step=state.global_step)
         window = None
         if state.global_step % cfg.logging_steps == 0:
             window = stats.read_window(state)
@@ -462,7 +481,7 @@ def train_epoch(cfg: TrainConfig, p: Parts, state: TrainerState, stats: LoopStat
 
 def val_predictions(p: Parts) -> tuple[Predictions, dict[str, Any]]:
     """The current model's predictions and metrics on the validation split."""
-    preds = predict(p.accelerator, p.model, p.eval_loaders["val"], p.eval_tf)
+    preds = predict(p.accelerator, p.eval_model, p.eval_loaders["val"], p.eval_tf)
     return preds, preds.metrics(p.data.class_names)
 
 
@@ -487,7 +506,7 @@ def validate(p: Parts, state: TrainerState, out: Path, table_rows: list[int], ta
             0,
         )
         if acc.is_main_process:
-            save_model(acc.unwrap_model(p.model), out / "model")
+            save_model(acc.unwrap_model(p.eval_model), out / "model")
     else:
         state.epochs_without_improvement += 1
     tracking.log_metrics(

@@ -1,0 +1,85 @@
+"""recipe.py: layer-wise learning rates, the objective and EMA do what their flags say."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from transformers import get_cosine_schedule_with_warmup
+
+from trashnet_hf.recipe import Objective, balanced_class_weights, make_ema, param_groups
+
+
+def _lr_of(groups: list[dict], param: torch.nn.Parameter) -> float:
+    return next(g["lr"] for g in groups if any(p is param for p in g["params"]))
+
+
+def test_layer_decay_slows_the_backbone_and_keeps_the_head_rate() -> None:
+    model = timm.create_model("test_resnet", num_classes=3)
+    flat = param_groups(model, 1e-3, 0.05, layer_decay=1.0)
+    assert {g["lr"] for g in flat} == {1e-3}
+    assert all(g["weight_decay"] == 0.0 for g in flat if any(p.ndim <= 1 for p in g["params"]))
+    decayed = param_groups(model, 1e-3, 0.05, layer_decay=0.5)
+    head, stem = _lr_of(decayed, model.fc.weight), _lr_of(decayed, model.conv1[0].weight)
+    assert head == pytest.approx(1e-3) and stem < head / 4
+    # Every parameter is optimised exactly once.
+    assert sum(len(g["params"]) for g in decayed) == len(list(model.parameters()))
+    # The schedule scales each group's own rate: the ratio survives warm-up and decay.
+    optimizer = torch.optim.AdamW(decayed, lr=1e-3)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 2, 10)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lrs[id(model.conv1[0].weight)] / lrs[id(model.fc.weight)] == pytest.approx(stem / head)
+
+
+def test_the_objective_is_label_smoothed_cross_entropy_by_default() -> None:
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    objective = Objective(4, label_smoothing=0.1)
+    _, targets = objective.mix(torch.zeros(8, 3, 4, 4), labels)
+    assert targets.sum(-1).allclose(torch.ones(8))
+    expected = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert objective(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_class_weights_follow_torch_convention_and_balance_the_classes() -> None:
+    labels = [0, 0, 0, 0, 1, 2]
+    weights = balanced_class_weights(labels, 3)
+    assert weights.tolist() == pytest.approx([0.5, 2.0, 2.0])
+    # Each class now adds the same total weight.
+    counts = torch.bincount(torch.tensor(labels), minlength=3).float()
+    assert (counts * weights).tolist() == pytest.approx([2.0, 2.0, 2.0])
+    torch.manual_seed(1)
+    logits, y = torch.randn(6, 3), torch.tensor(labels)
+    objective = Objective(3, class_weights=weights)
+    _, targets = objective.mix(torch.zeros(6, 3, 2, 2), y)
+    expected = F.cross_entropy(logits, y, weight=weights)
+    assert objective(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_mixup_mixes_images_and_targets() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 8, 8)
+    labels = torch.tensor([0, 1, 2, 3])
+    mixed, targets = Objective(4, mixup_alpha=0.4).mix(images.clone(), labels)
+    assert not torch.equal(mixed, images)
+    assert targets.sum(-1).allclose(torch.ones(4))
+    assert ((targets > 0).sum(-1) == 2).all()  # each image is two photos' labels in some proportion
+
+
+def test_ema_trails_the_weights_and_is_off_at_zero() -> None:
+    model = torch.nn.Linear(2, 2)
+    assert make_ema(model, 0.0) is None
+    ema = make_ema(model, 0.99)
+    start = model.weight.detach().clone()
+    for step in range(1, 50):
+        with torch.no_grad():
+            model.weight.add_(0.1)  # weights that keep moving: the average lags behind them
+        ema.update(model, step=step)
+    trailing = ema.module.weight
+    assert (trailing > start + 1.0).all() and (trailing < model.weight - 0.5).all()
+    # timm's warm-up: a young average follows the weights closely, an old one at the full decay.
+    assert ema.get_decay(5) < 0.8 and ema.get_decay(10**6) == 0.99
