@@ -588,5 +588,7 @@ def report(
         curves = plots.plot_curves(state.history, out / "curves.png")
         tracking.log_image(acc, "test/confusion_matrix", cm, step=state.global_step)
         tracking.log_image(acc, "curves", curves, step=state.global_step)
-        tracking.log_model_artifact(acc, out / "model", "trashnet-resnet18", {"test": overfitting["test"]})
+        # Named after the architecture that was trained (W&B artifact names allow [A-Za-z0-9._-]).
+        artifact = f"trashnet-{acc.unwrap_model(p.model).config.architecture}".replace("_", "-")
+        tracking.log_model_artifact(acc, out / "model", artifact, {"test": overfitting["test"]})
     return results
