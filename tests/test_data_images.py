@@ -14,7 +14,7 @@ from PIL import Image
 from tests.conftest import photo
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data import DataError, prepare_data
-from trashnet_hf.data.images import DECODE_ERRORS, load_rgb
+from trashnet_hf.data.images import DECODE_ERRORS, decode_frames, load_rgb
 from trashnet_hf.data.loader import decode_pixels
 
 
@@ -82,6 +82,18 @@ def test_jpeg_draft_decodes_small_but_never_below_min_side(tmp_path: Path) -> No
     out = load_rgb(tmp_path / "big.jpg", min_side=140)
     assert min(out.size) >= 140
     assert out.size == (200, 150)  # DCT scale 1/8, not a full 1600x1200 decode
+
+
+def test_hash_frame_ignores_the_size_and_the_pixel_frame_stays_twice_it(tmp_path: Path) -> None:
+    photo(3, (1600, 1200)).save(tmp_path / "big.jpg", quality=90)
+    for size, pixel_frame in ((32, (400, 300)), (109, (400, 300)), (182, (800, 600)), (256, (800, 600))):
+        canonical, frame = decode_frames(tmp_path / "big.jpg", size)
+        assert canonical.size == (400, 300)  # DCT scale 1/4, the smallest with a side >= 256, at every size
+        assert frame.size == pixel_frame and min(frame.size) >= 2 * size
+        assert (frame is canonical) == (frame.size == canonical.size)  # decoded once when they coincide
+    photo(4, (400, 300)).save(tmp_path / "small.jpg", quality=90)
+    canonical, frame = decode_frames(tmp_path / "small.jpg", 256)
+    assert frame is canonical and frame.size == (400, 300)  # nothing larger to decode: one full decode
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trashnet_hf.data.split import hash_groups, split_groups
+from trashnet_hf.data.split import SplitResult, hash_groups, split_groups
 
 SHARES = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -51,3 +51,28 @@ def test_conflicting_groups_are_dropped() -> None:
     assert res.conflicts == [[0, 1]]
     assert res.split[0] == res.split[1] == ""
     assert all(s for s in res.split[2:])
+
+
+def _classes(sizes: dict[str, int]) -> tuple[np.ndarray, list[int], list[str], list[str]]:
+    """Groups, labels, keys and class names for single-image groups, ``sizes[name]`` per class."""
+    names = list(sizes)
+    labels = [c for c, name in enumerate(names) for _ in range(sizes[name])]
+    keys = [f"{name}/{i:03d}" for name in names for i in range(sizes[name])]
+    return np.arange(len(labels)), labels, keys, names
+
+
+def _split_of(res: SplitResult, keys: list[str], prefix: str) -> dict[str, str]:
+    return {k: s for k, s in zip(keys, res.split, strict=True) if k.startswith(prefix)}
+
+
+def test_each_class_is_dealt_from_its_own_stream_keyed_by_its_name() -> None:
+    before = _classes({"alpha": 30, "beta": 25, "gamma": 40})
+    # alpha grows, beta is gone: gamma's label number drops from 2 to 1, its name stays.
+    after = _classes({"alpha": 33, "gamma": 40})
+    res_before = split_groups(*before[:3], SHARES, 7, before[3])
+    res_after = split_groups(*after[:3], SHARES, 7, after[3])
+    assert _split_of(res_before, before[2], "gamma/") == _split_of(res_after, after[2], "gamma/")
+    # Keyed by the label number (the default without names), gamma would have been re-dealt.
+    unnamed_before = split_groups(*before[:3], SHARES, 7)
+    unnamed_after = split_groups(*after[:3], SHARES, 7)
+    assert _split_of(unnamed_before, before[2], "gamma/") != _split_of(unnamed_after, after[2], "gamma/")

@@ -6,6 +6,7 @@ Knows nothing of the model: the only shared piece is ``trashnet_hf.preprocessing
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import numpy as np
 from datasets.fingerprint import Hasher
 
 from trashnet_hf.config import DataConfig
+from trashnet_hf.data import images
 from trashnet_hf.data.images import prepare_batch
 from trashnet_hf.data.sources import DataSourceError, Source, read_source
 from trashnet_hf.data.split import SPLITS, hash_groups, smallest_class, split_groups
@@ -68,10 +70,17 @@ def _splits(names: list[str]) -> str:
 def _prepare_images(cfg: DataConfig, raw: datasets.Dataset, pre: Preprocessing) -> datasets.Dataset:
     """Decode, resize and hash every image (``prepare_batch``), cached by the datasets fingerprint."""
     num_proc = min(cfg.num_proc, max(1, len(raw) // 64))
-    prep_kwargs = {"size": pre.resize_size, "interpolation": pre.interpolation, "hash_size": cfg.hash_size}
+    prep_kwargs = {
+        "size": pre.resize_size,
+        "crop_size": pre.image_size,  # where the square sits, so the eval crop is serving's, pixel for pixel
+        "interpolation": pre.interpolation,
+        "hash_size": cfg.hash_size,
+    }
     # The cache key: the source, the step's code and the settings that change its output, but not how
-    # many threads or processes ran it (datasets would otherwise hash those fn_kwargs too).
-    fingerprint = Hasher.hash([raw._fingerprint, prepare_batch, prep_kwargs])
+    # many threads or processes ran it (datasets would otherwise hash those fn_kwargs too). The code is
+    # the whole images module's source: datasets hashes a function's own code only, not the helpers it
+    # calls, so a change to decoding or hashing would otherwise reuse stale pixels and hashes.
+    fingerprint = Hasher.hash([raw._fingerprint, inspect.getsource(images), prep_kwargs])
     # Named here: a listed class-folder tree is an in-memory dataset, which datasets would not cache.
     cache_file = Path(cfg.cache_dir or datasets.config.HF_DATASETS_CACHE) / "trashnet_hf_prepared"
     cache_file.mkdir(parents=True, exist_ok=True)
@@ -165,7 +174,7 @@ def prepare_data(cfg: DataConfig, preprocessing: Preprocessing | None = None) ->
 
     group = hash_groups([hashes[i] for i in good], cfg.hash_threshold)
     keys = [f"{class_label.int2str(labels[i])}/{Path(paths[i]).name}" for i in good]
-    result = split_groups(group, [labels[i] for i in good], keys, cfg.shares, cfg.seed)
+    result = split_groups(group, [labels[i] for i in good], keys, cfg.shares, cfg.seed, class_label.names)
 
     manifest = [
         {

@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 
 import imagehash
 import numpy as np
-import torch
-import torchvision.transforms.v2.functional as TF
+import torchvision.transforms.functional as TF
 from PIL import ExifTags, Image, ImageOps
+from torchvision.transforms import InterpolationMode
 
 # What a bad file can raise while being opened and decoded. PIL reports unreadable, truncated and
 # non-image files as OSError (UnidentifiedImageError is one), broken chunks as SyntaxError/ValueError,
@@ -34,7 +34,13 @@ DECODE_ERRORS = (
     Image.DecompressionBombWarning,
 )
 
-_INTERPOLATION = {"bilinear": TF.InterpolationMode.BILINEAR, "bicubic": TF.InterpolationMode.BICUBIC}
+_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+
+# The perceptual hash is taken on a frame whose size depends on the file alone, never on --image-size: a
+# JPEG is draft-decoded at the smallest DCT scale keeping its shorter side at least this long. Hashes of
+# one photo decoded at two DCT scales differ by a few bits, enough to move pairs near the threshold in or
+# out of a group and re-deal their class. 256 px is 4x the 64 px grey thumbnail phash reads at hash_size 16.
+HASH_MIN_SIDE = 256
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -56,19 +62,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, min_side: int | None = None) -> Image.Image:
-    """Open an image as RGB; with ``min_side``, JPEGs are decoded at the smallest DCT scale that keeps the
-    shorter side at least ``min_side`` (draft mode), so a 4032x3024 photo is never decoded full size.
-
-    Raises one of ``DECODE_ERRORS`` for a file that is not a readable image; PIL's decompression-bomb guard
-    stays on and its warning level is raised to an error.
-    """
+def _open(source: str | Path | bytes | BinaryIO | Image.Image) -> Image.Image:
+    """Open lazily (the header only: size and format are known, nothing is decoded yet)."""
+    if isinstance(source, Image.Image):
+        return source
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        if isinstance(source, Image.Image):
-            img = source
-        else:
-            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def _decode(img: Image.Image, min_side: int | None) -> Image.Image:
+    """Decode an opened image (see ``load_rgb``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
         if min_side is not None and img.format == "JPEG":
             scale = min_side / min(img.size)
             if scale < 1.0:
@@ -79,14 +85,36 @@ def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, min_side: int 
         return _to_rgb(img)
 
 
-def resize_shorter_side(img: Image.Image, size: int, interpolation: str) -> torch.Tensor:
-    """Resize so the shorter side is ``size``; returns a uint8 CHW tensor.
+def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, min_side: int | None = None) -> Image.Image:
+    """Open an image as RGB; with ``min_side``, JPEGs are decoded at the smallest DCT scale that keeps the
+    shorter side at least ``min_side`` (draft mode), so a 4032x3024 photo is never decoded full size.
 
-    torchvision's antialiased uint8 kernels are several times faster than PIL's and agree with PIL to
-    within one grey level (tests/test_data_transforms.py checks it against the serving path).
+    Raises one of ``DECODE_ERRORS`` for a file that is not a readable image; PIL's decompression-bomb guard
+    stays on and its warning level is raised to an error.
     """
-    chw = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-    return TF.resize(chw, size, interpolation=_INTERPOLATION[interpolation], antialias=True)
+    return _decode(_open(source), min_side)
+
+
+def resize_shorter_side(img: Image.Image, size: int, interpolation: str) -> Image.Image:
+    """Resize so the shorter side is ``size``, exactly as timm's eval transform (so ``pipeline()``) does:
+    torchvision's ``Resize(size)`` on the PIL image, i.e. the longer side ``int(size * long / short)`` and
+    PIL's own antialiased filter. (torchvision's uint8 tensor kernels are faster but differ by a grey level
+    here and there, enough to flip a borderline prediction.)"""
+    return TF.resize(img, [size], interpolation=_INTERPOLATION[interpolation])
+
+
+def decode_frames(source: str | Path | bytes, size: int) -> tuple[Image.Image, Image.Image]:
+    """The frame to hash (draft-decoded to ``HASH_MIN_SIDE``, whatever ``size`` is) and the frame to
+    resize to ``size``: draft-decoded only as far as keeps it at least ``2 * size``, where resizing it
+    gives what resizing the full decode gives to within a few grey levels (smaller files: exactly).
+    One decode serves both when the hash frame is that large already, or is the whole image anyway.
+    """
+    img = _open(source)
+    full_side = min(img.size)
+    canonical = _decode(img, HASH_MIN_SIDE)
+    if min(canonical.size) >= min(2 * size, full_side):
+        return canonical, canonical
+    return canonical, load_rgb(source, min_side=2 * size)
 
 
 def perceptual_hash(img: Image.Image, hash_size: int) -> str:
@@ -101,12 +129,33 @@ def perceptual_hash(img: Image.Image, hash_size: int) -> str:
     return str(imagehash.phash(small, hash_size=hash_size))
 
 
-def _prepare_one(image: dict[str, Any], size: int, interpolation: str, hash_size: int) -> dict[str, Any]:
+def stored_square(
+    img: Image.Image, size: int, interpolation: str, crop_size: int | None = None
+) -> np.ndarray:
+    """The ``size`` x ``size`` uint8 HWC square an image is stored as: resized as timm's eval transform
+    resizes it, then cropped at the centre with torchvision's ``CenterCrop`` rounding of the offset.
+
+    With ``crop_size`` (the model input side), the square is placed so that its own centre ``crop_size``
+    crop, rounded the same way, is exactly the serving path's ``CenterCrop(crop_size)`` of the resized
+    photo: two rounded centre crops in a row can land a pixel off it (224 px at crop_pct 0.95 does).
+    """
+    resized = resize_shorter_side(img, size, interpolation)
+    if crop_size is None:
+        return np.asarray(TF.center_crop(resized, [size, size]), dtype=np.uint8)
+    w, h = resized.size
+    inner = round((size - crop_size) / 2)  # Python's round is torchvision's: half to even
+    top, left = round((h - crop_size) / 2) - inner, round((w - crop_size) / 2) - inner
+    return np.asarray(TF.crop(resized, top, left, size, size), dtype=np.uint8)
+
+
+def _prepare_one(
+    image: dict[str, Any], size: int, interpolation: str, hash_size: int, crop_size: int | None
+) -> dict[str, Any]:
     path = image.get("path") or "<bytes>"
     try:
-        img = load_rgb(image["bytes"] if image.get("bytes") else path, min_side=size)
-        chw = resize_shorter_side(img, size, interpolation)
-        phash = perceptual_hash(img, hash_size)
+        canonical, frame = decode_frames(image["bytes"] if image.get("bytes") else path, size)
+        phash = perceptual_hash(canonical, hash_size)
+        square = stored_square(frame, size, interpolation, crop_size)
     except DECODE_ERRORS as err:
         return {
             "path": path,
@@ -114,32 +163,33 @@ def _prepare_one(image: dict[str, Any], size: int, interpolation: str, hash_size
             "phash": "",
             "error": f"{type(err).__name__}: {err}",
         }
-    pixels = TF.center_crop(chw, [size, size]).permute(1, 2, 0).numpy().tobytes()
-    return {"path": path, "pixels": pixels, "phash": phash, "error": None}
+    return {"path": path, "pixels": square.tobytes(), "phash": phash, "error": None}
 
 
 def prepare_batch(
-    batch: dict[str, list[Any]], *, size: int, interpolation: str, hash_size: int, threads: int = 1
+    batch: dict[str, list[Any]],
+    *,
+    size: int,
+    interpolation: str,
+    hash_size: int,
+    crop_size: int | None = None,
+    threads: int = 1,
 ) -> dict[str, list[Any]]:
-    """``Dataset.map`` step: decode, hash the decoded frame (so grouping does not depend on ``size``),
-    resize to ``size`` (shorter side) and store the centre ``size`` x ``size`` square as raw uint8 HWC
-    bytes (see ``trashnet_hf.data.loader`` for why not ``Array3D``).
+    """``Dataset.map`` step: decode, hash a frame that does not depend on ``size`` (``decode_frames``),
+    resize to ``size`` (shorter side) as the serving path does and store the ``size`` x ``size`` square
+    (``stored_square``) as raw uint8 HWC bytes (see ``trashnet_hf.data.loader`` for why not ``Array3D``).
     A file that cannot be decoded keeps its row, with ``error`` set and blank pixels, so it can be
     reported and filtered out afterwards.
 
-    ``threads`` images are processed at once: JPEG decoding, PIL and torch resizing release the GIL, so
-    threads use the cores without the start-up and shard-merging cost of worker processes.
+    ``threads`` images are processed at once: JPEG decoding and PIL resizing release the GIL, so threads
+    use the cores without the start-up and shard-merging cost of worker processes.
     """
-    # One torch thread per image: an image is too small to split, and the images already run in parallel.
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        work = partial(_prepare_one, size=size, interpolation=interpolation, hash_size=hash_size)
-        if threads > 1:
-            with ThreadPoolExecutor(threads) as pool:
-                rows = list(pool.map(work, batch["image"]))
-        else:
-            rows = [work(image) for image in batch["image"]]
-    finally:
-        torch.set_num_threads(torch_threads)
+    work = partial(
+        _prepare_one, size=size, interpolation=interpolation, hash_size=hash_size, crop_size=crop_size
+    )
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            rows = list(pool.map(work, batch["image"]))
+    else:
+        rows = [work(image) for image in batch["image"]]
     return {key: [row[key] for row in rows] for key in ("path", "pixels", "phash", "error")}

@@ -5,10 +5,14 @@ Why not scikit-learn's StratifiedGroupKFold: it makes k equal folds (70/15/15 is
 balances mixed-label groups heuristically. Here every kept group is label-pure, so an exact per-class
 allocation is possible and simple: each class's groups, in a seeded order, go one by one to the split
 furthest below its target share. Every class then lands within one image of its share.
+
+Each class draws from its own random stream, keyed by the seed and its name, so a change to one class
+(an image added or removed, a class added) re-deals that class alone.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -60,12 +64,14 @@ def split_groups(
     keys: Sequence[str],
     shares: Mapping[str, float],
     seed: int,
+    class_names: Sequence[str] | None = None,
 ) -> SplitResult:
     """Assign whole groups to splits, stratified by class.
 
     ``keys`` name each image independently of where it was read from (e.g. "glass/glass1.jpg"): groups are
     ordered by their smallest key before the seeded shuffle, so the same photos get the same split whether
-    each one is stored once or twice (the Hub layout).
+    each one is stored once or twice (the Hub layout). ``class_names[label]`` names a class; the name keys
+    its random stream (default: the label number as text).
     """
     labels = np.asarray(labels)
     members: dict[int, list[int]] = {}
@@ -78,8 +84,10 @@ def split_groups(
     split = [""] * len(labels)
     names = list(shares)
     share = np.array([shares[s] for s in names], dtype=np.float64)
-    rng = np.random.default_rng(seed)
     for cls in sorted(set(labels.tolist())):
+        # Keyed by the name's CRC, not the label number, which shifts when a class is added before it.
+        key = class_names[cls] if class_names is not None else str(cls)
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
         cls_groups = sorted((m for m in pure if labels[m[0]] == cls), key=lambda m: min(keys[i] for i in m))
         order = rng.permutation(len(cls_groups))
         # Larger groups first, so the single images that follow can even out the counts.

@@ -48,7 +48,8 @@ class EvalTransform(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         h, w = pixels.shape[1:3]
-        top, left = (h - self.size) // 2, (w - self.size) // 2
+        # Python's round is half to even, like torchvision's CenterCrop that serving applies.
+        top, left = round((h - self.size) / 2), round((w - self.size) / 2)
         crop = pixels[:, top : top + self.size, left : left + self.size]
         return self.normalize(_to_float_nchw(crop))
 
