@@ -19,9 +19,7 @@ from trashnet_hf.preprocessing import Preprocessing
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
 
-@pytest.mark.parametrize(
-    ("image_size", "crop_pct"), [(160, 0.875), (224, 0.875), (224, 0.95), (192, 0.875)]
-)
+@pytest.mark.parametrize(("image_size", "crop_pct"), [(160, 0.875), (224, 0.875), (224, 0.95), (192, 0.875)])
 def test_eval_path_equals_pipeline_preprocessing_on_real_photos(
     real_data: Path, image_size: int, crop_pct: float
 ) -> None:
