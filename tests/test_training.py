@@ -184,7 +184,8 @@ def test_core_paths_with_scripted_validation(
 
     def scripted(parts):
         preds, metrics = real_val_predictions(parts)
-        state = parts.accelerator.unwrap_model(parts.model).timm_model.state_dict()
+        # The weights validated and kept: the EMA's (on by default), else the model's.
+        state = parts.accelerator.unwrap_model(parts.eval_model).timm_model.state_dict()
         weights.append({k: v.detach().clone() for k, v in state.items()})
         return preds, {**metrics, "macro_f1": next(scores)}
 

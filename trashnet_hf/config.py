@@ -178,7 +178,7 @@ class TrainConfig(DataConfig):
         default=True,
     )
     epochs: int = _help("Training epochs (at most; early stopping may end sooner).", default=15)
-    batch_size: int = _help("Training images per device per step.", default=64)
+    batch_size: int = _help("Training images per device per step.", default=32)
     eval_batch_size: int = _help("Evaluation images per device per step.", default=128)
     learning_rate: float = _help("Peak AdamW learning rate (after warm-up).", default=1e-3)
     weight_decay: float = _help("AdamW weight decay (not applied to biases and norm layers).", default=0.05)
@@ -189,12 +189,12 @@ class TrainConfig(DataConfig):
     layer_decay: float = _help(
         "Layer-wise learning-rate decay: each layer below the head learns at this factor of the one above "
         "it (timm's layer grouping), so the pretrained features move less than the new head; 1 disables.",
-        default=1.0,
+        default=0.8,
     )
     ema_decay: float = _help(
         "Validate, keep and publish an exponential moving average of the weights with this decay (with "
         "timm's warm-up, so short runs work); 0 disables.",
-        default=0.0,
+        default=0.998,
     )
     mixup_alpha: float = _help("Mixup strength (timm's Mixup, one draw per batch); 0 disables.", default=0.0)
     cutmix_alpha: float = _help(
@@ -203,7 +203,7 @@ class TrainConfig(DataConfig):
     class_weighting: Literal["none", "balanced"] = _help(
         "Loss weight per class: 'balanced' weighs each class by n / (k * n_class) of the train split, so "
         "the small trash class counts as much as the others.",
-        default="none",
+        default="balanced",
     )
     gradient_accumulation_steps: int = _help("Steps whose gradients add up before an update.", default=1)
     max_grad_norm: float = _help("Clip the gradient norm to this value (0 disables).", default=1.0)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from trashnet_hf import cli
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data import prepare_data
-from trashnet_hf.data.loader import make_loader
+from trashnet_hf.data.loader import decode_pixels, make_loader
 from trashnet_hf.data.transforms import EvalTransform
 from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.metrics import compute_metrics
@@ -168,6 +168,35 @@ def relabel(ds: datasets.Dataset, mapping: np.ndarray) -> datasets.Dataset:
     )
 
 
+def serving_agreement(model_dir: str | Path, split: datasets.Dataset, batch_size: int = 64) -> dict[str, Any]:
+    """Per-image agreement between this project's predictions on a prepared split (stored pixels,
+    ``EvalTransform``) and ``pipeline("image-classification")`` on the original files: the check that
+    published numbers are what users get. Returns the count and each disagreement with both top-2
+    margins (the gap between the two best scores)."""
+    from transformers import pipeline  # serving's own code path, imported only for this check
+
+    model = load_model(model_dir).eval()
+    transform = EvalTransform(preprocessing_of(model))
+    names, ours = model_class_names(model), []
+    with torch.inference_mode():
+        for start in range(0, len(split), batch_size):
+            rows = split[start : start + batch_size]
+            pixels = torch.stack([torch.from_numpy(decode_pixels(b).copy()) for b in rows["pixels"]])
+            ours.append(model(pixel_values=transform(pixels)).logits.softmax(-1))
+    probs = torch.cat(ours)
+    classifier = pipeline("image-classification", model=str(model_dir), device="cpu")
+    served = classifier(list(split["path"]), top_k=len(names), batch_size=batch_size)
+    disagreements = []
+    for path, p, top in zip(split["path"], probs.tolist(), served, strict=True):
+        mine = sorted(p, reverse=True)
+        if names[p.index(mine[0])] != top[0]["label"]:
+            disagreements.append(
+                {"path": path, "ours": names[p.index(mine[0])], "pipeline": top[0]["label"],
+                 "our_margin": mine[0] - mine[1], "pipeline_margin": top[0]["score"] - top[1]["score"]}
+            )  # fmt: skip
+    return {"images": len(split), "disagreements": disagreements}
+
+
 def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
     """Evaluate a saved model with the data flags of training; works under ``accelerate launch``."""
     log = logging.getLogger(__name__)
@@ -189,7 +218,7 @@ def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
     )
     accelerator = Accelerator()
     with accelerator.main_process_first():
-        data = prepare_data(data_cfg)
+        data = prepare_data(data_cfg, pre)
     # Labels are matched by name: the data's label ids index its own (sorted folder) class list.
     mapping = label_mapping(data.class_names, model_names, data_cfg.data_dir)
     split = data.splits[args.split]
