@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from trashnet_hf import cli
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data import prepare_data
-from trashnet_hf.data.loader import decode_pixels, make_loader
+from trashnet_hf.data.loader import make_loader
 from trashnet_hf.data.transforms import EvalTransform
 from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.metrics import compute_metrics
@@ -175,15 +175,11 @@ def serving_agreement(model_dir: str | Path, split: datasets.Dataset, batch_size
     margins (the gap between the two best scores)."""
     from transformers import pipeline  # serving's own code path, imported only for this check
 
-    model = load_model(model_dir).eval()
-    transform = EvalTransform(preprocessing_of(model))
-    names, ours = model_class_names(model), []
-    with torch.inference_mode():
-        for start in range(0, len(split), batch_size):
-            rows = split[start : start + batch_size]
-            pixels = torch.stack([torch.from_numpy(decode_pixels(b).copy()) for b in rows["pixels"]])
-            ours.append(model(pixel_values=transform(pixels)).logits.softmax(-1))
-    probs = torch.cat(ours)
+    model = load_model(model_dir)
+    names = model_class_names(model)
+    # The project's side is training's own evaluation path, predict(), on the stored pixels.
+    loader = make_loader(split, batch_size, shuffle=False)
+    probs = predict(Accelerator(), model, loader, EvalTransform(preprocessing_of(model))).probs
     classifier = pipeline("image-classification", model=str(model_dir), device="cpu")
     served = classifier(list(split["path"]), top_k=len(names), batch_size=batch_size)
     disagreements = []
