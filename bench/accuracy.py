@@ -60,7 +60,7 @@ def data_pre(out: Path):
 
 def flip_tta(out: Path, cfg: TrainConfig) -> dict[str, float]:
     """Accuracy on val and test of the saved model, plain and averaged with the mirrored image."""
-    from trashnet_hf.data import prepare_data
+    from trashnet_hf.data import prepare_data, read_manifest_split
     from trashnet_hf.data.loader import decode_pixels
     from trashnet_hf.data.transforms import EvalTransform
     from trashnet_hf.model import load_model, preprocessing_of
@@ -70,7 +70,7 @@ def flip_tta(out: Path, cfg: TrainConfig) -> dict[str, float]:
     data = prepare_data(cfg, pre)
     transform, figures = EvalTransform(pre), {}
     for split in ("val", "test"):
-        rows = data.splits[split]
+        rows = read_manifest_split(data, out / "split_manifest.csv", split)
         pixels = torch.stack([torch.from_numpy(decode_pixels(p)) for p in rows["pixels"]])
         with torch.inference_mode():
             x = transform(pixels)
@@ -86,7 +86,7 @@ def main() -> None:
     args, extra = parse()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from trashnet_hf import cli
-    from trashnet_hf.data import prepare_data
+    from trashnet_hf.data import prepare_data, read_manifest_split
     from trashnet_hf.evaluation import serving_agreement
     from trashnet_hf.training import train
 
@@ -116,7 +116,9 @@ def main() -> None:
     print("test F1 per class: " + ", ".join(f"{c} {v['f1']:.3f}" for c, v in per_class.items()))
     print(f"best val macro-F1 {best_val:.4f} at epoch {results['best_epoch']} of {results['epochs_run']}")
     print(f"wall time {wall:.0f} s (train() end to end, data preparation cached or not)")
-    agreement = serving_agreement(out / "model", prepare_data(cfg, data_pre(out)).splits["test"])
+    # The run's own test split (its manifest: near-duplicate groups came from the pretrained backbone).
+    rows = read_manifest_split(prepare_data(cfg, data_pre(out)), out / "split_manifest.csv", "test")
+    agreement = serving_agreement(out / "model", rows)
     differ = agreement["disagreements"]
     print(f"pipeline() on the {agreement['images']} original test files: {len(differ)} predictions differ")
     for d in differ:

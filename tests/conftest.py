@@ -118,3 +118,20 @@ def unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of one tiny training run (random-init ``test_resnet``, 32 px, learnable colours):
+    model/, results.json, plots, data report, manifest. Shared by the session: copy it before changing it."""
+    from trashnet_hf.config import TrainConfig
+    from trashnet_hf.training import train
+
+    tmp = tmp_path_factory.mktemp("trained_run")
+    cfg = TrainConfig(
+        data_dir=str(make_learnable_folder(tmp / "data")), output_dir=str(tmp / "out"),
+        cache_dir=str(tmp / "cache"), model_name="test_resnet", pretrained=False, image_size=32, epochs=2,
+        batch_size=8, eval_batch_size=16, warmup_ratio=0.0, patience=0, report_to="none",
+    )  # fmt: skip
+    assert train(cfg).status == "completed"
+    return tmp / "out"

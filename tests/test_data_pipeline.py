@@ -103,6 +103,9 @@ def test_cli_writes_report_and_manifest(image_folder: Path, tmp_path: Path, cach
     for key in ("num_images", "num_bad", "bad_files", "duplicate_groups", "label_conflicts", "splits"):
         assert key in report
     assert set(report["splits"]) == {"train", "val", "test"}
+    # Without a model there is nothing to embed with: the hash alone groups, and the report says so.
+    assert report["grouping"]["method"] == "perceptual hash" and report["groups"] == []
+    assert "without a model" in report["grouping"]["hash_only_because"]
     rows = list(csv.DictReader((out / "split_manifest.csv").open()))
     assert len(rows) == 24 and set(rows[0]) == {"path", "label", "group", "split"}
     assert {r["split"] for r in rows} == {"train", "val", "test"}

@@ -6,6 +6,7 @@ split of a class's images is the one training made.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -96,6 +97,44 @@ def test_the_same_classes_give_training_test_metrics(trained: dict[str, Path], t
     assert got.pop("loss") == pytest.approx(expected.pop("loss"), rel=1e-5)
     assert got == expected
     assert sum(map(sum, got["confusion_matrix"])) > 0
+
+
+def _manifest_rows(trained: dict[str, Path]) -> list[dict[str, str]]:
+    with (trained["out"] / "split_manifest.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "group", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_the_split_is_the_one_the_runs_manifest_lists(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A near-duplicate split cannot be redone from the fine-tuned model: the manifest decides, by default
+    the run's own (the same data and split flags), else the one passed."""
+    rows = _manifest_rows(trained)
+    test_rows = [r for r in rows if r["split"] == "test"]
+    kept = test_rows[: len(test_rows) // 2]  # a manifest whose test split is half the run's
+    manifest = _write_manifest(tmp_path / "half.csv", [r for r in rows if r not in test_rows] + kept)
+    for args, expected in (([], len(test_rows)), (["--split-manifest", str(manifest)], len(kept))):
+        metrics_file = tmp_path / f"m{len(args)}.json"
+        assert _evaluate(trained, tmp_path, "--metrics-file", str(metrics_file), *args) == 0
+        support = sum(c["support"] for c in json.loads(metrics_file.read_text())["per_class"].values())
+        assert support == expected
+
+
+def test_a_manifest_naming_images_the_data_lacks_is_refused(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = _manifest_rows(trained)
+    rows.append({"path": str(tmp_path / "elsewhere.jpg"), "label": "alpha", "group": "999", "split": "test"})
+    manifest = _write_manifest(tmp_path / "m.csv", rows)
+    assert _evaluate(trained, tmp_path, "--split-manifest", str(manifest)) == 1
+    error = _one_error_line(capsys.readouterr().err)
+    assert "1 test image(s) the data does not hold" in error and "elsewhere.jpg" in error
 
 
 def test_a_model_with_its_classes_in_another_order_scores_the_same(

@@ -1,5 +1,5 @@
-"""The split depends on the photos, the seed and the shares only: not on --image-size, and a change to one
-class re-deals no other class."""
+"""The split depends on the photos, the seed, the shares and the grouping settings only: not on --image-size
+(with or without near-duplicate embeddings), and a change to one class re-deals no other class."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLASSES, jpeg_bytes, make_image_folder, photo
+from tests.test_near_duplicates import TURNED, MirrorThumbnail, add_turned_shots
 from trashnet_hf.config import DataConfig
-from trashnet_hf.data import prepare_data
+from trashnet_hf.data import Embedder, prepare_data
 from trashnet_hf.data.images import prepare_batch
 
 # 640x480: the shorter side 480 drafts to 60 px at DCT scale 1/8, enough for a 54 px store (--image-size 48)
@@ -18,16 +19,23 @@ from trashnet_hf.data.images import prepare_batch
 SIZE = (640, 480)
 
 
-def _manifest(data_dir: Path, tmp_path: Path, image_size: int, **kw) -> list[dict]:
+def _manifest(
+    data_dir: Path,
+    tmp_path: Path,
+    image_size: int,
+    embedder: Embedder | None = None,
+    cache: str = "cache",
+    **kw,
+) -> list[dict]:
     cfg = DataConfig(
         data_dir=str(data_dir),
         output_dir=str(tmp_path / f"out{image_size}"),
         image_size=image_size,
         num_proc=1,
-        cache_dir=str(tmp_path / "cache"),
+        cache_dir=str(tmp_path / cache),
         **kw,
     )
-    return prepare_data(cfg).manifest
+    return prepare_data(cfg, embedder=embedder).manifest
 
 
 def test_hashes_do_not_depend_on_the_stored_size() -> None:
@@ -46,6 +54,17 @@ def test_manifest_does_not_depend_on_image_size(tmp_path: Path) -> None:
     group = {Path(row["path"]).name: row["group"] for row in first}
     assert group["gamma3.jpg"] == group["gamma3-small.jpg"]
     assert len(first) == 3 * 8 + 2 - 2 and "alpha5.jpg" not in group  # the conflicting pair is dropped
+
+
+def test_manifest_with_embeddings_does_not_depend_on_image_size(tmp_path: Path) -> None:
+    folder = add_turned_shots(make_image_folder(tmp_path / "data", per_class=8, size=SIZE))
+    small, large = MirrorThumbnail(), MirrorThumbnail()
+    # Separate caches: each size embeds afresh, so the equality is not the cache's doing.
+    first = _manifest(folder, tmp_path, 48, small, cache="cache48")
+    assert first == _manifest(folder, tmp_path, 64, large, cache="cache64")
+    assert small.calls == large.calls == 27 and small.sizes == large.sizes == {SIZE}  # the same decode
+    group = {Path(row["path"]).name: row["group"] for row in first}
+    assert all(group[f"{stem}.jpg"] == group[f"{stem}-turned.jpg"] for stem in TURNED.values())
 
 
 def _split_by_class(manifest: list[dict]) -> dict[str, dict[str, str]]:

@@ -78,6 +78,15 @@ class DataConfig:
         "photos of different classes >= 48).",
         default=16,
     )
+    near_duplicate_threshold: float = _help(
+        "Cosine similarity of the pretrained backbone's pooled features (at a fixed 160 px, whatever "
+        "--image-size) at or above which two photos count as shots of the same object and are split "
+        "together, joined with the perceptual-hash twins. Calibrated on TrashNet with Lite0: distinct "
+        "objects of different classes reach 0.82 at most, pairs above 0.84 are nearly all one object shot "
+        "again (another backbone may need another value). 0 disables it (perceptual hash only), as do "
+        "--pretrained false and preparing data without a model (python -m trashnet_hf.data).",
+        default=0.83,
+    )
     num_proc: int = _help(
         "Worker processes for preparation (datasets.map). Each also runs --num-threads threads; extra "
         "processes pay off only on many-core machines.",
@@ -153,6 +162,12 @@ class DataConfig:
             raise ConfigError(
                 f"--hash-threshold must be between 0 and {self.hash_size**2 // 2 - 1} for --hash-size "
                 f"{self.hash_size}, got {self.hash_threshold}."
+            )
+        if self.near_duplicate_threshold != 0 and not 0.5 <= self.near_duplicate_threshold <= 1:
+            raise ConfigError(
+                "--near-duplicate-threshold is a cosine similarity: pass one between 0.5 and 1 (higher joins "
+                "fewer photos), or 0 to group by perceptual hash only; "
+                f"got {self.near_duplicate_threshold:g}."
             )
         if self.num_proc < 1:
             raise ConfigError(f"--num-proc must be at least 1, got {self.num_proc}.")

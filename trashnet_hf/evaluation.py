@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from trashnet_hf import cli
 from trashnet_hf.config import DataConfig
-from trashnet_hf.data import prepare_data
+from trashnet_hf.data import MANIFEST_FILE, REPORT_FILE, PreparedData, prepare_data, read_manifest_split
 from trashnet_hf.data.loader import make_loader
 from trashnet_hf.data.transforms import EvalTransform
 from trashnet_hf.errors import ConfigError, UserError
@@ -89,6 +89,16 @@ class EvalArgs:
             "same images and the same --seed and share flags."
         },
     )
+    split_manifest: str | None = field(
+        default=None,
+        metadata={
+            "help": "The training run's split_manifest.csv: --split takes exactly the images it lists "
+            "there (the run may have grouped near-duplicate shots with its pretrained backbone, which "
+            "cannot be redone from the fine-tuned model). Default: the split_manifest.csv beside --model-dir "
+            "when that run read the same data with the same split flags; otherwise the split is made again "
+            "from the data flags, perceptual hash only."
+        },
+    )
     eval_batch_size: int = field(default=64, metadata={"help": "Images per device per step."})
     metrics_file: str | None = field(
         default=None,
@@ -101,6 +111,11 @@ class EvalArgs:
             raise ConfigError(f"--split must be train, val or test, got {self.split!r}.")
         if self.eval_batch_size < 1:
             raise ConfigError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}.")
+        if self.split_manifest is not None and not Path(self.split_manifest).is_file():
+            raise ConfigError(
+                f"--split-manifest: {self.split_manifest!r} is not a file; pass the split_manifest.csv "
+                "a training run wrote into its --output-dir."
+            )
         if self.metrics_file is not None:
             target = Path(self.metrics_file)
             if target.is_dir():
@@ -193,6 +208,47 @@ def serving_agreement(model_dir: str | Path, split: datasets.Dataset, batch_size
     return {"images": len(split), "disagreements": disagreements}
 
 
+SPLIT_FLAGS = ("data_dir", "dataset", "include_originals", "seed", "train_share", "val_share", "test_share",
+               "hash_size", "hash_threshold", "near_duplicate_threshold")  # fmt: skip
+
+
+def _same_split_flags(run_dir: Path, data_cfg: DataConfig) -> bool:
+    """Whether the run beside the model split the data these flags name, the same way (its results.json
+    config; only the source from its data report when the run did not finish)."""
+    results, report = run_dir / "results.json", run_dir / REPORT_FILE
+    if results.is_file():
+        config = json.loads(results.read_text())["config"]
+        ours = {k: getattr(data_cfg, k) for k in SPLIT_FLAGS}
+        if config.get("data_dir") and data_cfg.data_dir:  # the same folder, however it was spelled
+            config["data_dir"] = str(Path(config["data_dir"]).resolve())
+            ours["data_dir"] = str(Path(data_cfg.data_dir).resolve())
+        return all(config.get(k) == v for k, v in ours.items())
+    if not report.is_file():
+        return False
+    source = json.loads(report.read_text()).get("source")
+    if data_cfg.data_dir is None:
+        return source == f"hf://datasets/{data_cfg.dataset}"
+    return source is not None and Path(source).resolve() == Path(data_cfg.data_dir).resolve()
+
+
+def run_split(data: PreparedData, args: EvalArgs, data_cfg: DataConfig, model_dir: Path) -> datasets.Dataset:
+    """``--split`` as the training run made it (its manifest), or made again from the data flags when
+    no manifest is given and the model's run read other data."""
+    log, run_dir = logging.getLogger(__name__), model_dir.resolve().parent
+    manifest = args.split_manifest
+    if manifest is None and (run_dir / MANIFEST_FILE).is_file() and _same_split_flags(run_dir, data_cfg):
+        manifest = run_dir / MANIFEST_FILE
+    if manifest is not None:
+        log.info("Taking the %s split from %s", args.split, manifest)
+        return read_manifest_split(data, manifest, args.split)
+    log.info(
+        "The %s split is made from the data flags by perceptual hash (no --split-manifest, and the "
+        "model's run read other data or split it with other flags).",
+        args.split,
+    )
+    return data.splits[args.split]
+
+
 def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
     """Evaluate a saved model with the data flags of training; works under ``accelerate launch``."""
     log = logging.getLogger(__name__)
@@ -217,7 +273,7 @@ def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
         data = prepare_data(data_cfg, pre)
     # Labels are matched by name: the data's label ids index its own (sorted folder) class list.
     mapping = label_mapping(data.class_names, model_names, data_cfg.data_dir)
-    split = data.splits[args.split]
+    split = run_split(data, args, data_cfg, model_dir)
     if len(split) == 0:
         raise UserError(
             f"--split {args.split} holds no images (--{args.split}-share "

@@ -36,6 +36,7 @@ from trashnet_hf.config import TrainConfig
 from trashnet_hf.data import DataError, PreparedData, prepare_data, write_outputs
 from trashnet_hf.data.loader import decode_pixels, make_loader
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
+from trashnet_hf.embeddings import backbone_embedder
 from trashnet_hf.evaluation import Predictions, predict
 from trashnet_hf.model import backbone_preprocessing, build_model, load_model, save_model
 from trashnet_hf.preprocessing import Preprocessing
@@ -222,15 +223,22 @@ def check_resume(
 
 
 def load_data(cfg: TrainConfig, accelerator: Accelerator, pre: Preprocessing) -> PreparedData:
-    """Prepare (or read from the cache) and split the data; refuse a train split under one batch."""
+    """Prepare (or read from the cache) and split the data; refuse a train split under one batch.
+
+    Near-duplicate shots are grouped on the pretrained backbone's embeddings; a random init has none
+    worth the name, so then the perceptual hash alone groups."""
+    embedder = None
+    if cfg.pretrained and cfg.near_duplicate_threshold > 0:
+        embedder = backbone_embedder(cfg.model_name, cfg.cache_dir)
     with accelerator.main_process_first():
-        data = prepare_data(cfg, pre)
+        data = prepare_data(cfg, pre, embedder)
     r = data.report
     logger.info(
-        "Data: %d images, %d bad, %d duplicate groups, %d label conflicts dropped; train/val/test = %s",
+        "Data: %d images, %d bad, %d duplicate groups (%s), %d label conflicts dropped; train/val/test = %s",
         r["num_images"],
         r["num_bad"],
         r["duplicate_groups"],
+        r["grouping"]["method"],
         len(r["label_conflicts"]),
         "/".join(str(sum(r["splits"][s].values())) for s in ("train", "val", "test")),
     )

@@ -1,6 +1,8 @@
 """Data preparation: source -> ``datasets`` -> decoded, resized, hashed -> duplicate-aware splits.
 
-Knows nothing of the model: the only shared piece is ``trashnet_hf.preprocessing``, the image geometry.
+Knows nothing of the model: the only shared piece is ``trashnet_hf.preprocessing``, the image geometry. To
+group near-duplicate shots, the caller may pass an ``Embedder`` (a protocol: training's is the pretrained
+backbone, ``trashnet_hf.embeddings``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from datasets.fingerprint import Hasher
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data import images
 from trashnet_hf.data.images import prepare_batch
+from trashnet_hf.data.near_duplicates import Embedder, embed_dataset, embedding_pairs
 from trashnet_hf.data.sources import DataSourceError, Source, read_source
-from trashnet_hf.data.split import SPLITS, hash_groups, smallest_class, split_groups
+from trashnet_hf.data.split import SPLITS, SplitResult, hash_pairs, join_pairs, smallest_class, split_groups
 from trashnet_hf.errors import UserError
 from trashnet_hf.preprocessing import Preprocessing
 
-__all__ = ["DataError", "DataSourceError", "PreparedData", "prepare_data", "write_outputs"]
+__all__ = [
+    "DataError", "DataSourceError", "Embedder", "PreparedData", "prepare_data", "read_manifest_split",
+    "write_outputs",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +119,20 @@ def _needs(cfg: DataConfig) -> str:
 
 
 def _warnings(cfg: DataConfig, report: dict[str, Any], source: Source) -> list[str]:
-    """Files skipped inside class folders, and classes too small to reach every split with a share."""
+    """Files skipped inside class folders, label conflicts made by embeddings alone, and classes too small
+    to reach every split with a share."""
     warnings: list[str] = []
     if source.skipped_in_classes:
         warnings.append(
             f"{len(source.skipped_in_classes)} file(s) in the class folders are not images by their "
             f"extension and were skipped (e.g. {source.skipped_in_classes[0]}); see skipped_files."
+        )
+    if dropped := report["grouping"]["dropped_by_embedding"]:
+        warnings.append(
+            f"{sum(map(len, dropped))} image(s) were dropped as label conflicts only because backbone "
+            f"embeddings (cosine >= {cfg.near_duplicate_threshold:g}) tied them to photos of another class "
+            f"(e.g. {dropped[0][0]}); if they are distinct objects, raise --near-duplicate-threshold (0: "
+            "perceptual hash only)."
         )
     reached = [s for s in SPLITS if cfg.shares[s] > 0]
     for name, kept in _kept(report).items():
@@ -143,7 +157,9 @@ def _refusal(cfg: DataConfig, report: dict[str, Any]) -> str | None:
         )
     for name, count in report["splits"]["train"].items():
         if count == 0:
-            return f"class {name!r} has no images left for the train split; add images of it."
+            joined = report["grouping"]["dropped_by_embedding"]
+            fix = ", or raise --near-duplicate-threshold (see the warnings)" if joined else ""
+            return f"class {name!r} has no images left for the train split; add images of it{fix}."
     empty = [s for s in SPLITS if cfg.shares[s] > 0 and not sum(report["splits"][s].values())]
     if empty:
         kept = _kept(report)
@@ -157,9 +173,94 @@ def _refusal(cfg: DataConfig, report: dict[str, Any]) -> str | None:
     return None
 
 
-def prepare_data(cfg: DataConfig, preprocessing: Preprocessing | None = None) -> PreparedData:
+def _grouping(
+    cfg: DataConfig, raw: datasets.Dataset, good: np.ndarray, hashes: list[str], embedder: Embedder | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Group ids of the readable images (perceptual-hash twins, joined with near-duplicate shots when an
+    embedder is given and the threshold is not 0), the hash's groups alone, and the report's ``grouping``
+    entry saying which."""
+    pairs = hash_pairs([hashes[i] for i in good], cfg.hash_threshold)
+    hash_group = join_pairs(len(good), pairs)
+    info: dict[str, Any] = {
+        "method": "perceptual hash",
+        "hash_pairs": len(pairs),
+        "embedding_model": None,
+        "embedding_input_size": None,
+        "embedding_pairs": None,
+        "near_duplicate_threshold": cfg.near_duplicate_threshold,
+    }
+    if embedder is None or cfg.near_duplicate_threshold == 0:
+        info["hash_only_because"] = (
+            "--near-duplicate-threshold 0"
+            if cfg.near_duplicate_threshold == 0
+            else "no pretrained backbone to embed with (--pretrained false, or data prepared without a model)"
+        )
+        logger.info("Grouping by perceptual hash only: %s", info["hash_only_because"])
+        return hash_group, hash_group, info
+    threads = cfg.num_threads or min(8, os.cpu_count() or 1)
+    vectors = embed_dataset(raw, embedder, cfg.cache_dir, threads)[good]
+    near = embedding_pairs(vectors, cfg.near_duplicate_threshold)
+    info |= {
+        "method": "perceptual hash + backbone embeddings",
+        "embedding_model": embedder.name,
+        "embedding_input_size": embedder.size,
+        "embedding_pairs": len(near),
+    }
+    logger.info(
+        "Grouping by perceptual hash (%d pairs) and %s embeddings at %d px (%d pairs at cosine >= %g)",
+        len(pairs), embedder.name, embedder.size, len(near), cfg.near_duplicate_threshold,
+    )  # fmt: skip
+    return join_pairs(len(good), pairs, near), hash_group, info
+
+
+def _dropped_by_embedding(
+    result: SplitResult, hash_group: np.ndarray, labels: list[int], paths: list[str], good: np.ndarray
+) -> list[list[str]]:
+    """Per label conflict, the images the hash alone would have kept: their own hash group is of one class,
+    and only embedding links tied them to a photo of another class."""
+    classes: dict[int, set[int]] = {}
+    for members in result.conflicts:
+        for k in members:
+            classes.setdefault(int(hash_group[k]), set()).add(labels[k])
+    dropped = [[paths[good[k]] for k in m if len(classes[int(hash_group[k])]) == 1] for m in result.conflicts]
+    return [d for d in dropped if d]
+
+
+def _group_list(result: SplitResult, paths: list[str], good: np.ndarray) -> list[dict[str, Any]]:
+    """Every group of more than one image, largest first: its id, size, split ("" when dropped as a label
+    conflict) and member paths."""
+    members: dict[int, list[int]] = {}
+    for k, g in enumerate(result.group.tolist()):
+        members.setdefault(g, []).append(k)
+    groups = [
+        {"group": g, "size": len(m), "split": result.split[m[0]], "paths": sorted(paths[good[k]] for k in m)}
+        for g, m in members.items()
+        if len(m) > 1
+    ]
+    return sorted(groups, key=lambda row: (-row["size"], row["paths"][0]))
+
+
+def _split_datasets(
+    prepared: datasets.Dataset, good: np.ndarray, result: SplitResult
+) -> datasets.DatasetDict:
+    """The prepared rows of each split (``pixels``, ``label``, ``path``), in file order."""
+    split_of: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for k, i in enumerate(good):
+        if result.split[k]:
+            split_of[result.split[k]].append(int(i))
+    return datasets.DatasetDict(
+        {s: prepared.select(idx).select_columns(["pixels", "label", "path"]) for s, idx in split_of.items()}
+    )
+
+
+def prepare_data(
+    cfg: DataConfig, preprocessing: Preprocessing | None = None, embedder: Embedder | None = None
+) -> PreparedData:
     """Read, prepare (cached by the datasets fingerprint) and split the configured dataset, at the geometry
-    of ``preprocessing`` (the model's, from the caller; default: what ``cfg``'s flags alone set)."""
+    of ``preprocessing`` (the model's, from the caller; default: what ``cfg``'s flags alone set).
+
+    With ``embedder`` (the caller's pretrained backbone), near-duplicate shots are grouped with the
+    perceptual-hash twins (``near_duplicates``); without it, the hash alone groups."""
     pre = preprocessing or cfg.preprocessing
     source = read_source(cfg.data_dir, cfg.dataset, cfg.include_originals, cfg.cache_dir)
     class_label: datasets.ClassLabel = source.dataset.features["label"]
@@ -172,9 +273,11 @@ def prepare_data(cfg: DataConfig, preprocessing: Preprocessing | None = None) ->
     for bad in bad_files:
         logger.warning("Skipping unreadable image %s: %s", bad["path"], bad["reason"])
 
-    group = hash_groups([hashes[i] for i in good], cfg.hash_threshold)
+    group, hash_group, grouping = _grouping(cfg, source.dataset, good, hashes, embedder)
     keys = [f"{class_label.int2str(labels[i])}/{Path(paths[i]).name}" for i in good]
-    result = split_groups(group, [labels[i] for i in good], keys, cfg.shares, cfg.seed, class_label.names)
+    good_labels = [labels[i] for i in good]
+    result = split_groups(group, good_labels, keys, cfg.shares, cfg.seed, class_label.names)
+    grouping["dropped_by_embedding"] = _dropped_by_embedding(result, hash_group, good_labels, paths, good)
 
     manifest = [
         {
@@ -205,6 +308,8 @@ def prepare_data(cfg: DataConfig, preprocessing: Preprocessing | None = None) ->
         "splits": splits,
         "preprocessing": pre.to_dict(),
         "hash": {"size": cfg.hash_size, "threshold": cfg.hash_threshold},
+        "grouping": grouping,
+        "groups": _group_list(result, paths, good),
         "seed": cfg.seed,
         "skipped_files": source.skipped_files,
     }
@@ -215,14 +320,9 @@ def prepare_data(cfg: DataConfig, preprocessing: Preprocessing | None = None) ->
         write_outputs(cfg.output_dir, report, manifest)  # the report shows what is wrong
         raise DataError(refusal)
 
-    split_of = {"train": [], "val": [], "test": []}
-    for k, i in enumerate(good):
-        if result.split[k]:
-            split_of[result.split[k]].append(int(i))
-    splits_ds = datasets.DatasetDict(
-        {s: prepared.select(idx).select_columns(["pixels", "label", "path"]) for s, idx in split_of.items()}
+    return PreparedData(
+        _split_datasets(prepared, good, result), list(class_label.names), pre, report, manifest
     )
-    return PreparedData(splits_ds, list(class_label.names), pre, report, manifest)
 
 
 def write_outputs(output_dir: str | Path, report: dict[str, Any], manifest: list[dict[str, Any]]) -> None:
@@ -234,3 +334,26 @@ def write_outputs(output_dir: str | Path, report: dict[str, Any], manifest: list
         writer = csv.DictWriter(f, fieldnames=["path", "label", "group", "split"])
         writer.writeheader()
         writer.writerows(manifest)
+
+
+def read_manifest_split(data: PreparedData, manifest: str | Path, split: str) -> datasets.Dataset:
+    """The rows of ``data`` that a training run's ``split_manifest.csv`` put in ``split``, in its order.
+
+    The run's split may have grouped near-duplicate shots with its pretrained backbone, which a later
+    evaluation of the fine-tuned model cannot redo; reading the manifest evaluates exactly the run's
+    images. Every listed image must be in ``data`` (prepared from the same source), or this refuses."""
+    path = Path(manifest)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"path", "label", "split"} <= set(rows[0]):
+        raise DataError(f"{path}: not a split manifest (columns path, label, group, split expected).")
+    wanted = [r["path"] for r in rows if r["split"] == split]
+    everything = datasets.concatenate_datasets([data.splits[s] for s in SPLITS])
+    row_of = {p: i for i, p in enumerate(everything["path"])}
+    missing = [p for p in wanted if p not in row_of]
+    if missing:
+        raise DataError(
+            f"{path} lists {len(missing)} {split} image(s) the data does not hold (e.g. {missing[0]}); "
+            "pass the data flags the run was trained with (--data-dir or --dataset, --include-originals)."
+        )
+    return everything.select([row_of[p] for p in wanted])

@@ -19,10 +19,11 @@ def run(cfg: DataConfig) -> int:
     write_outputs(cfg.output_dir, data.report, data.manifest)
     r = data.report
     logger.info(
-        "%d images, %d bad, %d duplicate groups, %d label conflicts dropped, %d kept in %.1f s",
+        "%d images, %d bad, %d duplicate groups (%s), %d label conflicts dropped, %d kept in %.1f s",
         r["num_images"],
         r["num_bad"],
         r["duplicate_groups"],
+        r["grouping"]["method"],
         len(r["label_conflicts"]),
         r["num_kept"],
         time.perf_counter() - start,

@@ -1,5 +1,6 @@
-"""Duplicate-aware splitting: group images whose perceptual hashes match, drop groups whose members
-disagree on the label, and split whole groups into train/val/test, stratified by class.
+"""Duplicate-aware splitting: group images whose perceptual hashes match (and, with an embedder,
+near-duplicate shots: ``trashnet_hf.data.near_duplicates``), drop groups whose members disagree on the
+label, and split whole groups into train/val/test, stratified by class.
 
 Why not scikit-learn's StratifiedGroupKFold: it makes k equal folds (70/15/15 is not k equal folds) and
 balances mixed-label groups heuristically. Here every kept group is label-pure, so an exact per-class
@@ -23,30 +24,40 @@ from scipy.sparse.csgraph import connected_components
 SPLITS = ("train", "val", "test")
 
 
-def hash_groups(hashes: Sequence[str], threshold: int) -> np.ndarray:
-    """Group ids (connected components of "Hamming distance <= threshold") for hex perceptual hashes.
+def hash_pairs(hashes: Sequence[str], threshold: int) -> np.ndarray:
+    """Index pairs (i < j), shape (k, 2), of hex perceptual hashes at Hamming distance <= ``threshold``.
 
     Pairwise distances are computed in chunks with numpy's popcount: 5,000 images take well under a
-    second; the graph's connected components come from scipy.
+    second.
     """
     n = len(hashes)
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros((0, 2), dtype=np.int64)
     bits = np.stack([np.frombuffer(bytes.fromhex(h), dtype=np.uint8) for h in hashes])
     chunk = max(1, (64 << 20) // (n * bits.shape[1]))  # about 64 MB of XORed bytes per block
-    rows, cols = [], []
+    pairs = []
     for start in range(0, n, chunk):
         block = bits[start : start + chunk]
         dist = np.bitwise_count(block[:, None, :] ^ bits[None, :, :]).sum(axis=2, dtype=np.int32)
         i, j = np.nonzero(dist <= threshold)
         i = i + start
         keep = i < j
-        rows.append(i[keep])
-        cols.append(j[keep])
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
+        pairs.append(np.stack([i[keep], j[keep]], axis=1))
+    return np.concatenate(pairs).astype(np.int64)
+
+
+def join_pairs(n: int, *pairs: np.ndarray) -> np.ndarray:
+    """Group ids of ``n`` images: the connected components (scipy) of the graph whose edges are all the
+    given index pairs, so a photo linked to two others by different methods joins both in one group."""
+    edges = np.concatenate([np.zeros((0, 2), dtype=np.int64), *pairs])
+    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     return labels.astype(np.int64)
+
+
+def hash_groups(hashes: Sequence[str], threshold: int) -> np.ndarray:
+    """Group ids (connected components of "Hamming distance <= threshold") for hex perceptual hashes."""
+    return join_pairs(len(hashes), hash_pairs(hashes, threshold))
 
 
 @dataclass
