@@ -29,7 +29,9 @@ def run(cfg: TrainConfig) -> int:
         log.info("\n%s", format_final_table(result.results))
         if (notice := smoke_run_notice(result.results)) is not None:
             log.warning(notice)
-        log.info("Outputs in %s: model/, results.json, confusion_matrix.png, curves.png", result.output_dir)
+        outputs = "model/, results.json, confusion_matrix.png, curves.png"
+        outputs += ", reliability.png" if "calibration" in result.results else ""
+        log.info("Outputs in %s: %s", result.output_dir, outputs)
         if result.results.get("wandb_sync"):
             log.info("Upload the offline W&B run with: %s", result.results["wandb_sync"])
     return 0

@@ -57,6 +57,7 @@ def test_two_processes_train_and_evaluate_exactly_like_one(tmp_path: Path) -> No
     ])  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["num_processes"] == 2 and results["status"] == "completed"
+    assert results["calibration"]["val"]["nll_after"] <= results["calibration"]["val"]["nll_before"]
 
     # An eval batch of 4 over 2 processes leaves ragged last batches that Accelerate pads with repeats:
     # gather_for_metrics must drop them, so the counts and metrics match one process exactly.

@@ -241,6 +241,12 @@ class TrainConfig(DataConfig):
         "Also save a resumable checkpoint every N optimisation steps (0: only at each epoch's end).",
         default=0,
     )
+    calibrate: bool = _help(
+        "After training, fit one temperature on the validation split (temperature scaling, minimum NLL) and "
+        "fold it into the saved model's head, so its scores match how often it is right; argmax predictions "
+        "do not change. 'false' keeps the raw softmax scores.",
+        default=True,
+    )
     overwrite_output_dir: bool = _help(
         "Replace a previous run in --output-dir (its model, results, checkpoints, W&B run); without it such "
         "a folder is refused unless --resume-from-checkpoint continues that run.",

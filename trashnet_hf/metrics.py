@@ -3,17 +3,23 @@
 ``evaluate.load("accuracy")`` fetches the metric's code from the Hub, so the modules ship inside the
 package (``metrics_modules/*.py``, same interfaces as the Hub's evaluate-metric modules) and are loaded
 from their local paths; that needs no network and works with HF_HUB_OFFLINE=1.
+
+The calibration metrics (negative log-likelihood, expected calibration error and its reliability bins) are
+a few lines of numpy: no installed library computes a multiclass top-label ECE (torchmetrics does, and is
+not worth its weight here; sklearn's ``calibration_curve`` is binary and returns no bin counts).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import evaluate
 import numpy as np
+from scipy.special import log_softmax
 from scipy.stats import binomtest
 
 MODULES_DIR = Path(__file__).parent / "metrics_modules"
@@ -90,3 +96,58 @@ def compute_metrics(
             predictions=preds, references=refs, labels=every_class
         )["confusion_matrix"],
     }
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
+    """Mean cross-entropy of ``logits`` (N, C) against class ids, in float64. Any per-row shift of the
+    logits (log-probabilities included) gives the same value."""
+    log_probs = log_softmax(np.asarray(logits, dtype=np.float64), axis=-1)
+    labels = _class_ids(labels, "labels", log_probs.shape[-1])
+    return float(-log_probs[np.arange(labels.size), labels].mean())
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Top-label confidence in equal-width bins ``(edges[i], edges[i + 1]]``: images, mean confidence and
+    accuracy per bin (NaN where a bin is empty)."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: the count-weighted mean of |accuracy - confidence| over the bins."""
+        filled = self.counts > 0
+        gaps = np.abs(self.accuracy[filled] - self.confidence[filled])
+        return float((self.counts[filled] * gaps).sum() / self.counts.sum())
+
+
+def reliability_bins(
+    probs: np.ndarray, labels: Sequence[int] | np.ndarray, bins: int = 15
+) -> ReliabilityBins:
+    """Bin each image by its top score (the confidence) and record whether the top class was right."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probs must be a non-empty (N, C) array, got shape {probs.shape}")
+    labels = _class_ids(labels, "labels", probs.shape[1])
+    if labels.size != probs.shape[0]:
+        raise ValueError(f"probs has {probs.shape[0]} rows but there are {labels.size} labels")
+    confidence, correct = probs.max(-1), (probs.argmax(-1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # right=True: bin i holds edges[i] < confidence <= edges[i + 1] (a confidence of 1.0 lands in the last).
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore"):  # empty bins: 0 / 0 = NaN, on purpose
+        mean_conf = np.bincount(which, confidence, minlength=bins) / counts
+        accuracy = np.bincount(which, correct, minlength=bins) / counts
+    return ReliabilityBins(edges, counts, mean_conf, accuracy)
+
+
+def expected_calibration_error(
+    probs: np.ndarray, labels: Sequence[int] | np.ndarray, bins: int = 15
+) -> float:
+    """Top-label ECE over ``bins`` equal-width confidence bins (Guo et al., 2017): 0 when, in every bin,
+    the share of right answers equals the mean confidence."""
+    return reliability_bins(probs, labels, bins).ece

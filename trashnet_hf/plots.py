@@ -1,4 +1,4 @@
-"""Report figures: the confusion matrix and the training curves, saved as PNG.
+"""Report figures: the confusion matrix, the training curves and reliability diagrams, saved as PNG.
 
 Figures are built as ``matplotlib.figure.Figure`` objects, never through pyplot, so nothing is left in
 pyplot's global figure registry (no leaks across calls, no GUI backend needed on a headless machine).
@@ -15,6 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay
+
+from trashnet_hf.metrics import ReliabilityBins
 
 DPI = 120
 CURVE_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy")
@@ -108,3 +110,32 @@ def curves_figure(history: Sequence[dict[str, Any]]) -> Figure:
 def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Save loss and accuracy curves per epoch (two panels, with legends) as a PNG at ``path``."""
     return _save(curves_figure(history), path)
+
+
+def reliability_figure(panels: Sequence[tuple[str, ReliabilityBins]]) -> Figure:
+    """Reliability diagrams side by side, one per (title, bins): the accuracy of each confidence bin as a
+    bar, its mean confidence as a dot, the diagonal where the two agree, the images per bin above it."""
+    if len(panels) == 0:
+        raise ValueError("no reliability panels to plot")
+    fig = Figure(figsize=(4.5 * len(panels), 4.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (title, bins) in zip(axes, panels, strict=True):
+        centres, width = (bins.edges[:-1] + bins.edges[1:]) / 2, np.diff(bins.edges)
+        filled = bins.counts > 0
+        ax.bar(centres[filled], bins.accuracy[filled], width[filled], edgecolor="black", label="accuracy")
+        ax.plot(centres[filled], bins.confidence[filled], "o", color="tab:red", label="mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+        for x, n in zip(centres[filled], bins.counts[filled], strict=True):
+            ax.annotate(str(n), (x, 1.0), ha="center", va="bottom", fontsize=7, color="dimgrey")
+        ax.set(
+            xlim=(0, 1), ylim=(0, 1.08), xlabel="Confidence (top score)", title=f"{title}, ECE {bins.ece:.3f}"
+        )
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Accuracy (images per bin above)")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(0.0, 0.92), fontsize=8)  # below the counts
+    return fig
+
+
+def plot_reliability(panels: Sequence[tuple[str, ReliabilityBins]], path: str | Path) -> Path:
+    """Save reliability diagrams (e.g. before and after calibration) side by side as a PNG at ``path``."""
+    return _save(reliability_figure(panels), path)

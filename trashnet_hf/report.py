@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trashnet_hf import calibration
+
 
 def format_final_table(results: dict[str, Any]) -> str:
     """Train/val/test loss, accuracy and F1 side by side (the overfitting report), then per-class test F1."""
@@ -26,6 +28,8 @@ def format_final_table(results: dict[str, Any]) -> str:
         f"test accuracy {test['accuracy']:.3f} on {_test_images(results)} images: "
         f"95% interval {low:.3f}-{high:.3f}"
     )
+    if "calibration" in results:  # absent with --calibrate false
+        lines.append(calibration.describe(results["calibration"]))
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The main job, in stages: setup, data, model, optimisation, the epoch loop, test, report.
+"""The main job, in stages: setup, data, model, optimisation, the epoch loop, calibration, test, report.
 
 ``train`` reads top to bottom on one screen; each stage is one function below it. Runs the same under
 ``python train.py`` and ``accelerate launch train.py`` (any number of processes, CPU or GPU). W&B is
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from trashnet_hf import checkpointing, plots, recipe, tracking
+from trashnet_hf import calibration, checkpointing, plots, recipe, tracking
 from trashnet_hf.config import TrainConfig
 from trashnet_hf.data import DataError, PreparedData, prepare_data, write_outputs
 from trashnet_hf.data.loader import decode_pixels, make_loader
@@ -140,8 +140,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
         status = fit(cfg, parts, state, out)  # 5. the epoch loop: train, validate, checkpoint
         if status != "interrupted":
-            metrics = evaluate_best_model(parts, out)  # 6. the best model on every split
-            results = report(cfg, parts, state, metrics, status, time.perf_counter() - started)  # 7.
+            calibrated = calibrate_best_model(cfg, parts, state, out)  # 6. temperature scaling on val
+            metrics = evaluate_best_model(parts, out)  # 7. the (calibrated) best model on every split
+            wall_time = time.perf_counter() - started
+            results = report(cfg, parts, state, metrics, calibrated, status, wall_time)  # 8.
     finally:
         # Also on an error: the W&B run is closed and its folder settings do not outlive this run.
         sync_command = tracking.finish(accelerator)
@@ -541,7 +543,51 @@ def log_epoch(cfg: TrainConfig, state: TrainerState, improved: bool) -> None:
     )
 
 
-# --- 6. Test ------------------------------------------------------------------------------------------
+# --- 6. Calibration -----------------------------------------------------------------------------------
+
+
+def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: Path) -> dict[str, Any] | None:
+    """Fit one temperature on the best model's validation predictions, fold it into the head of the
+    saved model (OUT/model) and draw the test split's reliability before and after; returns results.json's
+    "calibration" block, or None with --calibrate false."""
+    acc = p.accelerator
+    if not cfg.calibrate:
+        logger.info("Calibration: skipped (--calibrate false); the saved model gives raw softmax scores")
+        return None
+    if len(p.data.splits["val"]) == 0:
+        raise calibration.CalibrationError(
+            "--calibrate true needs validation images to fit the temperature on, but the val split is "
+            "empty; raise --val-share or pass --calibrate false."
+        )
+    best = load_model(out / "model")
+    calibration.set_temperature(best, 1.0)  # a resumed run may find the saved head calibrated already
+    model = acc.unwrap_model(p.model)
+    model.load_state_dict(best.state_dict())
+    # predict() gathers every process's predictions: each process fits the same T on the same numbers.
+    splits = {}
+    for s in ("val", "test"):
+        preds = predict(acc, p.model, p.eval_loaders[s], p.eval_tf)
+        splits[s] = (calibration.logits_from_probs(preds.probs), preds.labels)
+    temperature = calibration.fit_temperature(*splits["val"])
+    summary = calibration.calibration_summary(temperature, splits)
+    calibration.set_temperature(model, temperature)
+    if acc.is_main_process:
+        save_model(model, out / "model")
+        panels = calibration.reliability_panels(temperature, *splits["test"])
+        figure = plots.plot_reliability(panels, out / "reliability.png")
+        tracking.log_image(acc, "test/reliability", figure, step=state.global_step)
+    acc.wait_for_everyone()  # the calibrated model is on disk before any process reads it back
+    values = {f"calibration/{s}/{k}": v for s in splits for k, v in summary[s].items()}
+    tracking.log_metrics(acc, {"calibration/temperature": temperature, **values}, step=state.global_step)
+    logger.info("%s", calibration.describe(summary))
+    if calibration.at_bound(temperature):
+        logger.warning(
+            "Calibration: T = %.3f is at the edge of the search range; check the model", temperature
+        )
+    return summary
+
+
+# --- 7. Test ------------------------------------------------------------------------------------------
 
 
 def evaluate_best_model(p: Parts, out: Path) -> dict[str, dict[str, Any]]:
@@ -554,7 +600,7 @@ def evaluate_best_model(p: Parts, out: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-# --- 7. Report ----------------------------------------------------------------------------------------
+# --- 8. Report ----------------------------------------------------------------------------------------
 
 
 def report(
@@ -562,6 +608,7 @@ def report(
     p: Parts,
     state: TrainerState,
     metrics: dict[str, dict[str, Any]],
+    calibrated: dict[str, Any] | None,
     status: str,
     wall_time_s: float,
 ) -> dict[str, Any]:
@@ -585,6 +632,8 @@ def report(
         "device": str(acc.device),
         "mixed_precision": precision_that_runs(acc),  # what ran, not what was asked for
     }
+    if calibrated is not None:  # absent with --calibrate false: the scores are the raw softmax
+        results["calibration"] = calibrated
     # The best model's numbers on every split: their own names, apart from the per-step train/* curves.
     final = {f"best_model/{s}/{k}": v for s in metrics for k, v in overfitting[s].items()}
     tracking.log_metrics(acc, final, step=state.global_step)

@@ -1,0 +1,157 @@
+"""Temperature scaling: the metrics, the fit, the folded head, and a training run's calibrated model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.special import softmax
+from torch import nn
+from transformers import AutoImageProcessor, pipeline
+
+from trashnet_hf import calibration, plots
+from trashnet_hf.metrics import expected_calibration_error, negative_log_likelihood, reliability_bins
+from trashnet_hf.model import load_model, save_model
+from trashnet_hf.report import format_final_table
+
+
+def test_ece_matches_a_hand_computed_case() -> None:
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.3, 0.7], [0.62, 0.38]])
+    labels = np.array([0, 1, 1, 0])  # right, wrong, right, right
+    # 15 bins of width 1/15: 0.9 -> (0.867, 0.933], 0.7 -> (0.667, 0.733], 0.62 -> (0.6, 0.667].
+    # Bin 13: 2 images, accuracy 0.5, confidence 0.9; bin 10: 1, 1.0, 0.7; bin 9: 1, 1.0, 0.62.
+    expected = 2 / 4 * abs(0.5 - 0.9) + 1 / 4 * abs(1.0 - 0.7) + 1 / 4 * abs(1.0 - 0.62)  # 0.37
+    assert expected_calibration_error(probs, labels, bins=15) == pytest.approx(expected)
+    bins = reliability_bins(probs, labels, bins=15)
+    assert bins.counts.tolist() == [0] * 9 + [1, 1, 0, 0, 2, 0]
+    assert bins.accuracy[13] == 0.5 and bins.confidence[13] == pytest.approx(0.9)
+    assert np.isnan(bins.accuracy[0])  # an empty bin has no accuracy
+
+
+def test_ece_bins_are_closed_on_the_right() -> None:
+    # With 2 bins a confidence of exactly 0.5 belongs to (0, 0.5], and 1.0 to (0.5, 1].
+    bins = reliability_bins(np.array([[0.5, 0.5], [1.0, 0.0]]), [0, 0], bins=2)
+    assert bins.counts.tolist() == [1, 1]
+    assert expected_calibration_error(np.array([[1.0, 0.0]]), [0]) == 0.0  # sure and right
+
+
+def test_nll_is_torch_cross_entropy_and_ignores_row_shifts() -> None:
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(50, 6)) * 3, rng.integers(0, 6, 50)
+    torch_nll = nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    assert negative_log_likelihood(logits, labels) == pytest.approx(torch_nll)
+    shifted = logits + rng.normal(size=(50, 1)) * 10
+    assert negative_log_likelihood(shifted, labels) == pytest.approx(torch_nll)
+
+
+def test_log_probs_stand_in_for_logits_also_after_scaling() -> None:
+    logits = np.random.default_rng(1).normal(size=(20, 6)) * 4
+    probs = softmax(logits, axis=-1).astype(np.float32)  # what predict() gathers
+    stand_in = calibration.logits_from_probs(probs)
+    np.testing.assert_allclose(softmax(stand_in / 1.7, axis=-1), softmax(logits / 1.7, axis=-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("true_t", [0.6, 2.5])
+def test_fit_recovers_a_known_temperature(true_t: float) -> None:
+    rng = np.random.default_rng(7)
+    calibrated = rng.normal(size=(8000, 6)) * 2.0
+    # Labels drawn from softmax(calibrated): those logits are calibrated by construction, so the same
+    # logits times true_t (over-confident for true_t > 1) need T = true_t to be calibrated again.
+    p = softmax(calibrated, axis=-1)
+    labels = (p.cumsum(-1) > rng.random((8000, 1))).argmax(-1)
+    fitted = calibration.fit_temperature(calibrated * true_t, labels)
+    assert fitted == pytest.approx(true_t, rel=0.05)
+    before = calibration.split_report(calibrated * true_t, labels, fitted)
+    assert before["nll_after"] < before["nll_before"] and before["ece_after"] < before["ece_before"]
+
+
+def test_empty_validation_is_refused() -> None:
+    with pytest.raises(calibration.CalibrationError, match="N > 0"):
+        calibration.fit_temperature(np.zeros((0, 6)), np.zeros(0, dtype=int))
+
+
+def test_a_head_that_is_not_linear_is_refused() -> None:
+    model = SimpleNamespace(
+        timm_model=SimpleNamespace(get_classifier=nn.Identity), config=SimpleNamespace(architecture="x")
+    )
+    with pytest.raises(calibration.CalibrationError, match="--calibrate false"):
+        calibration.set_temperature(model, 2.0)
+
+
+def _images(run: Path) -> list[Image.Image]:
+    """The tiny run's own photos (its data folder sits beside its output folder)."""
+    return [Image.open(p).convert("RGB") for p in sorted((run.parent / "data").glob("*/*.jpg"))]
+
+
+def _logits(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(pixel_values=pixels).logits
+
+
+def test_folding_divides_the_logits_and_keeps_every_argmax(trained_run: Path) -> None:
+    model = load_model(trained_run / "model")
+    calibration.set_temperature(model, 1.0)  # the raw head of the trained model
+    assert calibration.folded_temperature(model) == 1.0
+    pixels = AutoImageProcessor.from_pretrained(trained_run / "model")(
+        _images(trained_run), return_tensors="pt"
+    )
+    raw = _logits(model, pixels.pixel_values)
+    for t in (0.5, 1.43, 3.0):
+        calibration.set_temperature(model, t)
+        folded = _logits(model, pixels.pixel_values)
+        torch.testing.assert_close(folded, raw / t, atol=1e-5, rtol=1e-5)
+        assert torch.equal(folded.argmax(-1), raw.argmax(-1))
+        assert calibration.folded_temperature(model) == t
+    calibration.set_temperature(model, 1.0)
+    torch.testing.assert_close(_logits(model, pixels.pixel_values), raw, atol=1e-5, rtol=1e-5)
+
+
+def test_training_run_saves_a_calibrated_model_and_reports_it(trained_run: Path) -> None:
+    results = json.loads((trained_run / "results.json").read_text())
+    block = results["calibration"]
+    assert block["method"] == calibration.METHOD and block["bins"] == 15
+    t = block["temperature"]
+    assert calibration.MIN_T <= t <= calibration.MAX_T
+    for split in ("val", "test"):
+        assert set(block[split]) == {"nll_before", "nll_after", "ece_before", "ece_after"}
+    assert block["val"]["nll_after"] <= block["val"]["nll_before"] + 1e-9  # T minimised the val NLL
+    # results["metrics"] come from the saved (calibrated) model: its loss is the calibrated NLL.
+    for split in ("val", "test"):
+        assert results["metrics"][split]["loss"] == pytest.approx(block[split]["nll_after"], rel=1e-4)
+    config = json.loads((trained_run / "model" / "config.json").read_text())
+    assert config[calibration.CONFIG_KEY] == pytest.approx(t)
+    assert (trained_run / "reliability.png").stat().st_size > 0
+    assert calibration.describe(block) in format_final_table(results)
+    assert "calibration" not in format_final_table({k: v for k, v in results.items() if k != "calibration"})
+
+
+def test_pipeline_serves_the_scaled_scores(trained_run: Path, tmp_path: Path) -> None:
+    t = json.loads((trained_run / "results.json").read_text())["calibration"]["temperature"]
+    model = load_model(trained_run / "model")
+    calibration.set_temperature(model, 1.0)  # uncalibrated
+    images = _images(trained_run)[:12]
+    pixels = AutoImageProcessor.from_pretrained(trained_run / "model")(images, return_tensors="pt")
+    expected = torch.softmax(_logits(model, pixels.pixel_values) / t, dim=-1).numpy()
+    calibration.set_temperature(model, t)
+    shutil.copytree(trained_run / "model", tmp_path / "model")
+    save_model(model, tmp_path / "model")
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    classifier = pipeline("image-classification", model=str(tmp_path / "model"), device="cpu")
+    served = classifier(images, top_k=len(names))
+    for row, top in zip(expected, served, strict=True):
+        scores = {d["label"]: d["score"] for d in top}
+        np.testing.assert_allclose([scores[n] for n in names], row, atol=1e-5)
+
+
+def test_reliability_plot_is_written(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    logits, labels = rng.normal(size=(200, 6)) * 4, rng.integers(0, 6, 200)
+    path = plots.plot_reliability(calibration.reliability_panels(1.8, logits, labels), tmp_path / "r.png")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > img.height  # two panels side by side
