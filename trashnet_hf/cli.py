@@ -9,8 +9,11 @@ propagates with its traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+import typing
+from argparse import ArgumentParser
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
@@ -21,7 +24,24 @@ from trashnet_hf.errors import ConfigError, UserError
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+# Field metadata key: {"positional": True} makes a field a positional argument (a list field takes one or
+# more values), e.g. the image paths of ``python -m trashnet_hf.predict PATH... --model M``.
+POSITIONAL = "positional"
+
+
 class _Parser(HfArgumentParser):
+    @staticmethod
+    def _parse_dataclass_field(parser: ArgumentParser, field: dataclasses.Field) -> None:
+        if not field.metadata.get(POSITIONAL):
+            HfArgumentParser._parse_dataclass_field(parser, field)
+            return
+        kwargs = {k: v for k, v in field.metadata.items() if k != POSITIONAL}
+        many = typing.get_origin(field.type) is list
+        value_type = field.type.__args__[0] if many else field.type
+        parser.add_argument(
+            field.name, type=value_type, nargs="+" if many else None, metavar=field.name.upper(), **kwargs
+        )
+
     def error(self, message: str) -> NoReturn:
         # argparse's own errors (a mistyped value, a bad choice) become ours: one line, exit 2.
         raise ConfigError(message)

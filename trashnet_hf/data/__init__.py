@@ -20,6 +20,7 @@ import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
 
+from trashnet_hf import decoding
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data import images
 from trashnet_hf.data.images import prepare_batch
@@ -84,9 +85,10 @@ def _prepare_images(cfg: DataConfig, raw: datasets.Dataset, pre: Preprocessing) 
     }
     # The cache key: the source, the step's code and the settings that change its output, but not how
     # many threads or processes ran it (datasets would otherwise hash those fn_kwargs too). The code is
-    # the whole images module's source: datasets hashes a function's own code only, not the helpers it
-    # calls, so a change to decoding or hashing would otherwise reuse stale pixels and hashes.
-    fingerprint = Hasher.hash([raw._fingerprint, inspect.getsource(images), prep_kwargs])
+    # the whole images and decoding modules' source: datasets hashes a function's own code only, not the
+    # helpers it calls, so a change to decoding or hashing would otherwise reuse stale pixels and hashes.
+    code = inspect.getsource(images) + inspect.getsource(decoding)
+    fingerprint = Hasher.hash([raw._fingerprint, code, prep_kwargs])
     # Named here: a listed class-folder tree is an in-memory dataset, which datasets would not cache.
     cache_file = Path(cfg.cache_dir or datasets.config.HF_DATASETS_CACHE) / "trashnet_hf_prepared"
     cache_file.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ from datasets.fingerprint import Hasher
 from PIL import Image
 from sklearn.neighbors import radius_neighbors_graph
 
+from trashnet_hf import decoding
 from trashnet_hf.data import images
 from trashnet_hf.data.images import DECODE_ERRORS, HASH_MIN_SIDE, load_rgb
 
@@ -75,7 +76,7 @@ def embed_dataset(
 ) -> np.ndarray:
     """Unit-length (n, d) float32 vectors of every image of the raw dataset (zeros for unreadable files),
     cached under ``cache_dir``: the key is the source, the embedder's fingerprint and this step's code."""
-    code = inspect.getsource(sys.modules[__name__]) + inspect.getsource(images)  # the decode is part of it
+    code = inspect.getsource(sys.modules[__name__]) + inspect.getsource(images) + inspect.getsource(decoding)
     fingerprint = Hasher.hash([raw._fingerprint, embedder.fingerprint, code])
     folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "trashnet_hf_embeddings"
     folder.mkdir(parents=True, exist_ok=True)
