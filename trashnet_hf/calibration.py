@@ -2,7 +2,7 @@
 
 A fine-tuned network's top scores rarely match how often it is right: trained on hard labels it is
 over-confident (T > 1 softens its scores), trained with label smoothing, as here, under-confident (the
-Lite0 recipe run needed T = 0.57). Dividing every logit by one T fixes much of either without changing
+Lite0 recipe run needed T = 0.64). Dividing every logit by one T fixes much of either without changing
 any argmax (Guo et al., 2017, "On Calibration of Modern Neural Networks"). T minimises the validation
 negative log-likelihood and is folded into the head (weight / T, bias / T), so the saved model's own
 logits are the calibrated ones: ``pipeline()``, the app and an ONNX export give calibrated scores with

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from trashnet_hf import hub
 from trashnet_hf.errors import ConfigError
 from trashnet_hf.preprocessing import Preprocessing
 
@@ -40,6 +41,13 @@ class DataConfig:
         "With --dataset: also download dataset-original.zip (3.6 GB of full-resolution photos); "
         "by default only dataset-resized.zip (43 MB).",
         default=False,
+    )
+    extra_data_dir: str | None = _help(
+        "Extra training images, e.g. the demo's corrections (app.py's feedback folder): <class>/<images>, "
+        "each class one of the data's. They join the train split only, never val or test: one grouped with "
+        "a val/test image or an image of another class (the same perceptual-hash and near-duplicate "
+        "grouping as the data's) is dropped, and data_report.json says which and why.",
+        default=None,
     )
     output_dir: str = _help(
         "Folder for the run's outputs (reports, manifest, model, ...).", default="outputs"
@@ -134,6 +142,11 @@ class DataConfig:
             raise ConfigError(
                 f"--data-dir: folder {self.data_dir!r} does not exist; pass an ImageFolder tree or a folder "
                 "of Hub-layout zips, or leave --data-dir out to download --dataset from the Hub."
+            )
+        if self.extra_data_dir is not None and not Path(self.extra_data_dir).is_dir():
+            raise ConfigError(
+                f"--extra-data-dir: {self.extra_data_dir!r} is not a folder; pass one holding "
+                "<class>/<images> (app.py's feedback folder has that layout)."
             )
         if self.data_dir is None and "/" not in self.dataset:
             raise ConfigError(f"--dataset: {self.dataset!r} is not a Hub repo id of the form owner/name.")
@@ -273,6 +286,19 @@ class TrainConfig(DataConfig):
     prediction_table_size: int = _help(
         "Validation images in the W&B prediction table (a fixed subset, the same every epoch).", default=48
     )
+    push_to_hub: bool = _help(
+        "After training, publish the run to the Hub (python -m trashnet_hf.publish): the model repo "
+        "--hub-model-id and, with --hub-space-id, the Gradio Space. Needs a token (`hf auth login` or "
+        "HF_TOKEN), checked before training starts.",
+        default=False,
+    )
+    hub_model_id: str | None = _help("Hub model repo for --push-to-hub, USER/NAME.", default=None)
+    hub_space_id: str | None = _help(
+        "Hub Space for --push-to-hub, USER/NAME (a Gradio Space on free hardware needs a PRO, Team or "
+        "Enterprise subscription); default: no Space.",
+        default=None,
+    )
+    hub_private_repo: bool = _help("With --push-to-hub: create the repos private.", default=False)
 
     def validate(self) -> None:
         super().validate()
@@ -337,3 +363,17 @@ class TrainConfig(DataConfig):
                 f"--resume-from-checkpoint: {self.resume_from_checkpoint!r} is neither 'latest' nor a "
                 "checkpoint folder."
             )
+        self._validate_hub()
+
+    def _validate_hub(self) -> None:
+        if self.push_to_hub and self.hub_model_id is None:
+            raise ConfigError("--push-to-hub needs --hub-model-id USER/NAME (the model repo to publish to).")
+        if not self.push_to_hub and (self.hub_model_id or self.hub_space_id or self.hub_private_repo):
+            raise ConfigError(
+                "--hub-model-id, --hub-space-id and --hub-private-repo only apply with --push-to-hub; add "
+                "it, or publish later with `python -m trashnet_hf.publish OUT --model-repo USER/NAME`."
+            )
+        if self.hub_model_id is not None:
+            hub.check_repo_id("--hub-model-id", self.hub_model_id)
+        if self.hub_space_id is not None:
+            hub.check_repo_id("--hub-space-id", self.hub_space_id)

@@ -18,11 +18,22 @@ from pathlib import Path
 # huggingface_hub >= 2 does its HTTP through httpx2; the probe uses the hub's own client so it sees the
 # same endpoint, proxies and certificates as the download that follows.
 import httpx2
-from huggingface_hub import constants, hf_hub_download, snapshot_download, try_to_load_from_cache
-from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-from huggingface_hub.utils import get_session
+from huggingface_hub import (
+    CommitScheduler,
+    constants,
+    hf_hub_download,
+    snapshot_download,
+    try_to_load_from_cache,
+)
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+)
+from huggingface_hub.utils import get_session, validate_repo_id
 
-from trashnet_hf.errors import UserError
+from trashnet_hf.errors import ConfigError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,27 @@ def _unreachable_reason() -> str | None:
         return f"no answer from {url} within {PROBE_TIMEOUT_S:.0f} s"
     reason = outcome[0]
     return None if reason is None else f"cannot reach {url}: {reason}"
+
+
+def require_online(what: str, fix: str) -> None:
+    """Raise HubUnavailableError within seconds when the Hub cannot be reached to do ``what``."""
+    reason = _unreachable_reason()
+    if reason is not None:
+        raise HubUnavailableError(f"Cannot {what}: the Hugging Face Hub is unreachable ({reason}). {fix}")
+
+
+def check_repo_id(flag: str, repo_id: str) -> None:
+    """ConfigError naming ``flag`` unless ``repo_id`` is a Hub repo id of the form owner/name."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ConfigError(
+            f"{flag}: {repo_id!r} is not a valid Hub repo id ({err}); pass OWNER/NAME."
+        ) from None
+    if repo_id.count("/") != 1:
+        raise ConfigError(
+            f"{flag}: {repo_id!r} is not of the form OWNER/NAME (a user or organisation, a name)."
+        )
 
 
 def _unavailable(what: str, reason: str, cache_dir: str | None, hint: str | None) -> HubUnavailableError:
@@ -158,3 +190,30 @@ def download_dataset_files(
             except (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.TransportError) as err:
                 raise _unavailable(what, f"{type(err).__name__}: {err}", cache_dir, hint) from None
     return [paths[filename] for filename in filenames]
+
+
+def feedback_scheduler(
+    folder: str | os.PathLike, repo_id: str, token: str, every_minutes: float = 5.0
+) -> CommitScheduler:
+    """Push ``folder`` (the demo's corrections, ``trashnet_hf.feedback``) to the private Hub dataset
+    ``repo_id`` every ``every_minutes``, in a background thread: ``huggingface_hub.CommitScheduler``, the
+    documented way to collect data from a Space. Writers take ``scheduler.lock`` so a commit never uploads a
+    half-written file.
+
+    The scheduler creates the repo at once, so an unreachable Hub or a refused token fails here, in seconds,
+    as a ``UserError`` (``HubUnavailableError`` when the Hub cannot be reached)."""
+    reason = _unreachable_reason()
+    if reason is not None:
+        raise HubUnavailableError(
+            f"Cannot push feedback to dataset {repo_id!r} ({reason}); corrections stay in {folder}."
+        )
+    try:
+        return CommitScheduler(
+            repo_id=repo_id, repo_type="dataset", folder_path=folder, every=every_minutes, token=token,
+            private=True,
+        )  # fmt: skip
+    except (HfHubHTTPError, httpx2.TransportError) as err:
+        raise UserError(
+            f"Cannot create or write the feedback dataset {repo_id!r} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0]}); check the token's write access and the dataset id."
+        ) from err

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from trashnet_hf import calibration, checkpointing, plots, recipe, tracking
+from trashnet_hf import calibration, card, checkpointing, plots, recipe, tracking
 from trashnet_hf.config import TrainConfig
 from trashnet_hf.data import DataError, PreparedData, prepare_data, write_outputs
 from trashnet_hf.data.loader import decode_pixels, make_loader
@@ -620,6 +620,8 @@ def report(
     results = {
         "status": status,
         "config": asdict(cfg),
+        # The Hub id the weights started from (a local folder's recorded id), for the model card.
+        "base_model": card.base_model_of(cfg.model_name, cfg.pretrained),
         "data_report": p.data.report,
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,

@@ -23,6 +23,7 @@ from datasets.fingerprint import Hasher
 from trashnet_hf import decoding
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data import images
+from trashnet_hf.data.extra import ExtraImages, extra_fate, read_extra
 from trashnet_hf.data.images import prepare_batch
 from trashnet_hf.data.near_duplicates import Embedder, embed_dataset, embedding_pairs
 from trashnet_hf.data.sources import DataSourceError, Source, read_source
@@ -242,6 +243,57 @@ def _group_list(result: SplitResult, paths: list[str], good: np.ndarray) -> list
     return sorted(groups, key=lambda row: (-row["size"], row["paths"][0]))
 
 
+def _fold_extra(
+    cfg: DataConfig, extra: ExtraImages, pre: Preprocessing, embedder: Embedder | None,
+    main: tuple[datasets.Dataset, dict[str, list], np.ndarray, SplitResult],
+) -> tuple[datasets.Dataset, list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """The --extra-data-dir images kept for the train split (prepared rows), their manifest rows and the
+    report's ``extra_data`` entry: grouped with the main images (``main``: the raw dataset, its prepared
+    metadata, the readable rows and their split) as those are grouped together (``data.extra``)."""
+    raw, meta, good, result = main
+    names = raw.features["label"].names
+    prepared = _prepare_images(cfg, extra.dataset, pre)
+    x = prepared.data.select(["path", "label", "phash", "error"]).to_pydict()
+    ok = np.array([i for i, e in enumerate(x["error"]) if e is None], dtype=np.int64)
+    dropped = [
+        {"path": p, "reason": f"unreadable: {e}"} for p, e in zip(x["path"], x["error"], strict=True) if e
+    ]
+    # The readable main images, then the readable extra ones: the rows extra_fate groups together.
+    paths, labels, hashes = (
+        [meta[k][i] for i in good] + [x[k][i] for i in ok] for k in ("path", "label", "phash")
+    )
+    pairs = [hash_pairs(hashes, cfg.hash_threshold)]
+    if embedder is not None and cfg.near_duplicate_threshold != 0 and len(ok):
+        threads = cfg.num_threads or min(8, os.cpu_count() or 1)
+        vectors = [
+            embed_dataset(ds, embedder, cfg.cache_dir, threads)[idx]
+            for ds, idx in ((raw, good), (extra.dataset, ok))
+        ]
+        pairs.append(embedding_pairs(np.concatenate(vectors), cfg.near_duplicate_threshold))
+    fate = extra_fate(len(good), result.split, result.group, labels, paths, pairs, names)
+    kept = [int(ok[k]) for k, s in enumerate(fate.split) if s == "train"]
+    dropped += [{"path": paths[len(good) + k], "reason": r} for k, r in enumerate(fate.reason) if r]
+    manifest = [
+        {"path": paths[len(good) + k], "label": names[labels[len(good) + k]], "group": g, "split": "train"}
+        for k, g in enumerate(fate.group)
+        if fate.split[k] == "train"
+    ]
+    report = {
+        "dir": str(extra.folder),
+        "num_read": len(x["path"]),
+        "num_kept": len(kept),
+        "num_dropped": len(dropped),
+        "kept_per_class": {n: sum(1 for r in manifest if r["label"] == n) for n in names},
+        "dropped": dropped,
+        "skipped_files": extra.skipped_files,
+    }
+    logger.info(
+        "Extra images from %s: %d read, %d kept for train, %d dropped",
+        extra.folder, len(x["path"]), len(kept), len(dropped),
+    )  # fmt: skip
+    return prepared.select(kept).select_columns(["pixels", "label", "path"]), manifest, report
+
+
 def _split_datasets(
     prepared: datasets.Dataset, good: np.ndarray, result: SplitResult
 ) -> datasets.DatasetDict:
@@ -266,6 +318,8 @@ def prepare_data(
     pre = preprocessing or cfg.preprocessing
     source = read_source(cfg.data_dir, cfg.dataset, cfg.include_originals, cfg.cache_dir)
     class_label: datasets.ClassLabel = source.dataset.features["label"]
+    # Listed now (cheap) so that a bad --extra-data-dir fails before any image is decoded.
+    extra = read_extra(cfg.extra_data_dir, class_label.names) if cfg.extra_data_dir else None
     prepared = _prepare_images(cfg, source.dataset, pre)
     meta = prepared.data.select(["path", "label", "phash", "error"]).to_pydict()
     paths, labels, hashes, errors = meta["path"], meta["label"], meta["phash"], meta["error"]
@@ -291,6 +345,12 @@ def prepare_data(
         for k, i in enumerate(good)
         if result.split[k]
     ]
+    extra_rows, extra_report = None, None
+    if extra is not None:  # train only, after the main split: the main images never move
+        extra_rows, extra_manifest, extra_report = _fold_extra(
+            cfg, extra, pre, embedder, (source.dataset, meta, good, result)
+        )
+        manifest += extra_manifest
     group_sizes = np.bincount(result.group) if len(result.group) else np.zeros(0, dtype=np.int64)
     found = np.bincount(np.asarray(labels, dtype=np.int64), minlength=class_label.num_classes)
     splits = {
@@ -314,17 +374,25 @@ def prepare_data(
         "groups": _group_list(result, paths, good),
         "seed": cfg.seed,
         "skipped_files": source.skipped_files,
+        "extra_data": extra_report,
     }
     report["warnings"] = _warnings(cfg, report, source)
+    if extra_report and extra_report["num_dropped"]:
+        first = extra_report["dropped"][0]
+        report["warnings"].append(
+            f"{extra_report['num_dropped']} of {extra_report['num_read']} --extra-data-dir image(s) were "
+            f"dropped (e.g. {first['path']}: {first['reason']}); see extra_data in the data report."
+        )
     for warning in report["warnings"]:
         logger.warning(warning)
     if (refusal := _refusal(cfg, report)) is not None:
         write_outputs(cfg.output_dir, report, manifest)  # the report shows what is wrong
         raise DataError(refusal)
 
-    return PreparedData(
-        _split_datasets(prepared, good, result), list(class_label.names), pre, report, manifest
-    )
+    split_data = _split_datasets(prepared, good, result)
+    if extra_rows is not None:
+        split_data["train"] = datasets.concatenate_datasets([split_data["train"], extra_rows])
+    return PreparedData(split_data, list(class_label.names), pre, report, manifest)
 
 
 def write_outputs(output_dir: str | Path, report: dict[str, Any], manifest: list[dict[str, Any]]) -> None:

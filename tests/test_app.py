@@ -1,0 +1,266 @@
+"""The demo's functions (trashnet_hf.app) on real and bad images, the model lookup and the feedback store.
+
+The served model is the session's tiny ``trained_run`` (classes alpha, beta, gamma); every expected score
+comes from ``Classifier.predict`` on the same file, never from a hard-coded number.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import jpeg_bytes, photo
+from trashnet_hf.app import (
+    BIN_HINTS,
+    EMPTY_VERDICT,
+    LOW_CONFIDENCE,
+    MAX_BATCH_FILES,
+    TOP_K,
+    Demo,
+    example_files,
+    resolve_model,
+    verdict,
+)
+from trashnet_hf.errors import UserError
+from trashnet_hf.feedback import METADATA_FILE, FeedbackStore
+from trashnet_hf.inference import Classifier, open_image
+
+TRASHNET = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+
+
+@pytest.fixture(scope="module")
+def classifier(trained_run: Path) -> Classifier:
+    return Classifier.load(trained_run / "model", device="cpu")
+
+
+@pytest.fixture
+def demo(classifier: Classifier, tmp_path: Path) -> Demo:
+    return Demo(classifier, "test-model", FeedbackStore(tmp_path / "feedback", classifier.labels))
+
+
+def upload(path: Path) -> dict:
+    """What Gradio hands an event that skips preprocessing: the cached file and its original name."""
+    return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def expected_top(classifier: Classifier, path: Path) -> list[dict]:
+    return classifier.predict([open_image(path)])[0]
+
+
+@pytest.mark.real_data
+def test_classify_real_photos_gives_the_classifiers_top_scores(
+    real_data: Path, demo: Demo, classifier: Classifier
+) -> None:
+    for folder in sorted(p for p in real_data.iterdir() if p.is_dir()):
+        path = sorted(folder.glob("*.jpg"))[0]
+        scores, text, last = demo.classify(upload(path))
+        ranked = expected_top(classifier, path)
+        assert list(scores) == [r["label"] for r in ranked[:TOP_K]]  # best first, top 3 only
+        assert list(scores.values()) == pytest.approx([r["score"] for r in ranked[:TOP_K]], abs=1e-4)
+        assert last == ranked[0]
+        assert "Model time:" in text and " ms on CPU" in text
+
+
+def test_verdict_gives_the_bin_and_flags_low_confidence() -> None:
+    sure = [{"label": "glass", "score": 0.93}, {"label": "plastic", "score": 0.05}]
+    text = verdict(sure, TRASHNET, 0.012, "cpu")
+    assert BIN_HINTS["glass"] in text and "Not sure" not in text and "12 ms on CPU" in text
+    unsure = [{"label": "plastic", "score": LOW_CONFIDENCE - 0.01}, {"label": "glass", "score": 0.3}]
+    text = verdict(unsure, TRASHNET, 0.012, "cpu")
+    assert BIN_HINTS["plastic"] in text and "Not sure" in text and "one of the 6 kinds" in text
+    assert "Not sure" not in verdict([{"label": "metal", "score": LOW_CONFIDENCE}], TRASHNET, 0.0, "cpu")
+
+
+def _write(tmp_path: Path, name: str, make) -> Path:
+    path = tmp_path / name
+    make(path)
+    return path
+
+
+BAD_UPLOADS = {
+    "text file": ("notes.jpg", lambda p: p.write_text("not a photo"), "not an image format"),
+    "0 bytes": ("empty.jpg", lambda p: p.write_bytes(b""), "0 bytes"),
+    "truncated jpeg": ("cut.jpg", lambda p: p.write_bytes(jpeg_bytes(photo(1))[:300]), "cannot decode"),
+    "1x1": ("dot.png", lambda p: Image.new("RGB", (1, 1), "red").save(p), "too small"),
+    "bomb": ("huge.png", lambda p: Image.new("L", (200, 200)).save(p), "too many pixels"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_upload_is_a_plain_gradio_error(
+    case: str, demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, make, reason = BAD_UPLOADS[case]
+    path = _write(tmp_path, name, make)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # so 200x200 is a "bomb" without 200 MB of RAM
+    with pytest.raises(gr.Error) as err:
+        demo.classify({"path": str(path), "orig_name": f"my {name}"})
+    assert reason in err.value.message and f"my {name}" in err.value.message
+    assert str(tmp_path) not in err.value.message  # the temp path means nothing to the user
+
+
+def test_missing_upload_is_a_plain_gradio_error(demo: Demo) -> None:
+    with pytest.raises(gr.Error, match="no image arrived"):
+        demo.classify({"path": None, "url": None})
+    assert demo.classify(None) == (None, EMPTY_VERDICT, None)  # the image was cleared: no error
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "CMYK"])
+def test_other_colour_modes_are_classified(
+    mode: str, demo: Demo, classifier: Classifier, tmp_path: Path
+) -> None:
+    path = tmp_path / f"img.{'jpg' if mode == 'CMYK' else 'png'}"
+    photo(7).convert(mode).save(path)
+    scores, _, last = demo.classify(upload(path))
+    ranked = expected_top(classifier, path)
+    assert last["label"] == ranked[0]["label"]
+    assert list(scores.values()) == pytest.approx([r["score"] for r in ranked[:TOP_K]], abs=1e-4)
+
+
+def test_data_url_upload_is_classified(demo: Demo, classifier: Classifier, tmp_path: Path) -> None:
+    import base64
+
+    data = jpeg_bytes(photo(3))
+    url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    scores, _, _ = demo.classify({"path": None, "url": url})
+    assert list(scores) == [r["label"] for r in classifier.predict([open_image(data)])[0][:TOP_K]]
+
+
+def test_batch_gives_one_row_per_file_and_the_same_csv(
+    demo: Demo, classifier: Classifier, image_folder: Path, tmp_path: Path
+) -> None:
+    good = sorted(image_folder.glob("*/*.jpg"))[:3]
+    bad = _write(tmp_path, "bad.jpg", lambda p: p.write_text("nope"))
+    rows, csv_path = demo.classify_batch([upload(p) for p in [good[0], bad, *good[1:]]])
+    assert [r[0] for r in rows] == [good[0].name, "bad.jpg", good[1].name, good[2].name]
+    assert rows[1][1:3] == ["", None] and "not an image" in rows[1][3]
+    for row, path in zip([rows[0], *rows[2:]], good, strict=True):
+        top = expected_top(classifier, path)[0]
+        assert row[1] == top["label"] and row[2] == pytest.approx(top["score"], abs=1e-4)
+        assert row[3] == ("not sure" if top["score"] < LOW_CONFIDENCE else "")
+    with Path(csv_path).open(newline="") as f:
+        read = list(csv.reader(f))
+    assert read == [
+        ["file", "label", "score", "note"],
+        *[["" if v is None else str(v) for v in r] for r in rows],
+    ]
+
+
+def test_batch_refuses_nothing_and_too_much(demo: Demo, image_folder: Path) -> None:
+    with pytest.raises(gr.Error, match="Add one or more"):
+        demo.classify_batch([])
+    one = upload(next(image_folder.glob("*/*.jpg")))
+    with pytest.raises(gr.Error, match=f"at most {MAX_BATCH_FILES}"):
+        demo.classify_batch([one] * (MAX_BATCH_FILES + 1))
+
+
+def test_feedback_is_an_imagefolder_dataset(demo: Demo, image_folder: Path, tmp_path: Path) -> None:
+    import datasets
+
+    photos = sorted(image_folder.glob("*/*.jpg"))[:2]
+    demo.record_feedback(upload(photos[0]), "beta", {"label": "alpha", "score": 0.61})
+    message = demo.record_feedback(upload(photos[1]), "gamma", None)
+    assert "gamma" in message and "2 correction" in message
+    folder = tmp_path / "feedback"
+    saved = sorted(folder.glob("*/*.jpg"))
+    assert [p.parent.name for p in saved] == ["beta", "gamma"]
+    lines = [json.loads(line) for line in (folder / METADATA_FILE).read_text().splitlines()]
+    assert {line["file_name"] for line in lines} == {f"{p.parent.name}/{p.name}" for p in saved}
+    assert lines[0]["predicted"] == "alpha" and lines[0]["predicted_score"] == 0.61
+    # The saved photo is the upload (re-encoded as JPEG: close, not identical).
+    diff = np.abs(np.asarray(Image.open(saved[0]), float) - np.asarray(open_image(photos[0]), float))
+    assert diff.mean() < 3
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+    assert sorted(loaded["label"]) == ["beta", "gamma"]
+
+
+def test_feedback_refuses_what_it_cannot_record(demo: Demo, image_folder: Path) -> None:
+    one = upload(next(image_folder.glob("*/*.jpg")))
+    with pytest.raises(gr.Error, match="photo first"):
+        demo.record_feedback(None, "beta", None)
+    with pytest.raises(gr.Error, match="Pick the right kind"):
+        demo.record_feedback(one, None, None)
+    with pytest.raises(gr.Error, match="not one of the model's classes"):
+        demo.record_feedback(one, "banana", None)
+    assert demo.store.count() == 0
+
+
+def test_model_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODEL_ID", raising=False)
+    with pytest.raises(UserError, match="no model to serve"):
+        resolve_model(None, tmp_path)
+    for run, when in (("old", 1_000), ("new", 2_000)):
+        config = tmp_path / "outputs" / run / "model" / "config.json"
+        config.parent.mkdir(parents=True)
+        config.write_text("{}")
+        import os
+
+        os.utime(config, (when, when))
+    assert resolve_model(None, tmp_path) == (
+        str(tmp_path / "outputs/new/model"),
+        "newest local training output",
+    )
+    (tmp_path / "model_id.txt").write_text("user/published\n")
+    assert resolve_model(None, tmp_path)[0] == "user/published"
+    monkeypatch.setenv("MODEL_ID", "user/from-env")
+    assert resolve_model(None, tmp_path)[0] == "user/from-env"
+    assert resolve_model("some/flag", tmp_path)[0] == "some/flag"
+
+
+def test_examples_prefer_the_space_folder(tmp_path: Path) -> None:
+    assert [p.name for p in example_files(tmp_path, TRASHNET)] == [f"{c}1.jpg" for c in TRASHNET]
+    (tmp_path / "examples").mkdir()
+    photo(1).save(tmp_path / "examples" / "glass.jpg")
+    found = example_files(tmp_path, TRASHNET)
+    assert found[1] == tmp_path / "examples" / "glass.jpg" and len(found) == 6
+    assert example_files(tmp_path, ["alpha"]) == []
+
+
+def test_feedback_is_pushed_only_with_a_dataset_and_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trashnet_hf import hub
+    from trashnet_hf.app import AppArgs, _feedback_store
+
+    args = AppArgs(feedback_dir=str(tmp_path / "fb"), feedback_dataset="alice/corrections")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    created = []
+
+    class FakeScheduler:  # records what CommitScheduler would be given; no network
+        def __init__(self, **kwargs) -> None:
+            created.append(kwargs)
+            self.lock = "the scheduler's lock"
+
+    monkeypatch.setattr(hub, "CommitScheduler", FakeScheduler)
+    assert _feedback_store(args, ["a", "b"]).lock != "the scheduler's lock" and not created  # no token
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert (
+        _feedback_store(args, ["a", "b"]).lock != "the scheduler's lock" and not created
+    )  # Hub out of reach
+    assert "stay local" in caplog.text and "HF_HUB_OFFLINE" in caplog.text
+    monkeypatch.setattr(hub, "_unreachable_reason", lambda: None)
+    store = _feedback_store(args, ["a", "b"])
+    assert store.lock == "the scheduler's lock"  # writes and commits never interleave
+    (kwargs,) = created
+    assert kwargs["repo_id"] == "alice/corrections" and kwargs["repo_type"] == "dataset"
+    assert (
+        kwargs["folder_path"] == tmp_path / "fb"
+        and kwargs["private"] is True
+        and kwargs["token"] == "hf_test"
+    )
+
+
+def test_large_corrections_are_scaled_down(tmp_path: Path) -> None:
+    from trashnet_hf.feedback import MAX_SIDE
+
+    store = FeedbackStore(tmp_path, ["a"])
+    big = photo(4, (3000, 2000))
+    saved = store.record(big, "a")
+    assert Image.open(saved).size == (MAX_SIDE, round(MAX_SIDE * 2 / 3)) and big.size == (3000, 2000)

@@ -1,0 +1,459 @@
+"""The model card and publishing: card metadata round trip, the folders a dry run builds, the Hub calls a
+push makes (on an injected HfApi), retries, the token's absence from everything written, and the Space
+folder importing on its own. No network: HF_HUB_OFFLINE=1 and a mock HfApi."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+from unittest.mock import create_autospec
+
+import httpx2
+import pytest
+from huggingface_hub import HfApi, ModelCard, SpaceCard, metadata_load
+from huggingface_hub.errors import HfHubHTTPError
+
+from trashnet_hf import card, hub, publish
+from trashnet_hf.errors import ConfigError, UserError
+from trashnet_hf.publish import PublishArgs
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_TOKEN = "hf_FAKEtokenForTests0123456789abcdefXYZ"
+
+
+@pytest.fixture
+def run_dir(trained_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's tiny training output (the tests write publish/ into it)."""
+    return Path(shutil.copytree(trained_run, tmp_path / "out", ignore=shutil.ignore_patterns("checkpoints")))
+
+
+@pytest.fixture
+def api() -> HfApi:
+    mock = create_autospec(HfApi, instance=True)
+    mock.whoami.return_value = {"name": "alice"}
+    mock.create_repo.side_effect = lambda repo_id, **kw: f"https://huggingface.co/{repo_id}"
+    return mock
+
+
+@pytest.fixture
+def can_push(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A (fake) token, and the Hub taken as reachable: only the injected HfApi is ever called."""
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setattr(hub, "_unreachable_reason", lambda: None)
+    monkeypatch.setattr(publish.time, "sleep", lambda s: None)
+
+
+def _results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _write_results(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results))
+
+
+# --- The card ----------------------------------------------------------------------------------------
+
+
+def test_card_metadata_parses_back_to_the_results(run_dir: Path, tmp_path: Path) -> None:
+    results = _results(run_dir)
+    path = tmp_path / "README.md"
+    card.render_card(run_dir, "alice/trashnet").save(path)
+
+    meta = metadata_load(path)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-classification"
+    assert meta["license"] == "mit" and set(meta["metrics"]) == {"accuracy", "f1"}
+    assert "base_model" not in meta  # the fixture's backbone is randomly initialised
+    loaded = ModelCard.load(path)
+    values = {r.metric_type: r.metric_value for r in loaded.data.eval_results}
+    test = results["metrics"]["test"]
+    assert values == {"accuracy": test["accuracy"], "f1": test["macro_f1"]}
+    assert all(
+        r.dataset_split == "test" and r.task_type == "image-classification" for r in loaded.data.eval_results
+    )
+    assert loaded.data.model_name == "alice/trashnet"
+
+    text = loaded.text
+    assert "randomly initialised" in text
+    for name, m in test["per_class"].items():  # the per-class table, from the results
+        assert (
+            f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |" in text
+        )
+    report = results["data_report"]
+    assert f"{report['num_kept']} images kept" in text
+    assert f"{report['grouping']['hash_pairs']} pairs" in text
+    assert "![Confusion matrix on the test split](confusion_matrix.png)" in text
+    assert 'pipeline("image-classification", model="alice/trashnet")' in text
+    assert "python -m trashnet_hf.predict" in text and "python -m trashnet_hf.export_onnx" in text
+    assert "Thung" in text and "{{" not in text and "{%" not in text
+
+
+def test_card_reports_calibration_when_present_and_says_not_calibrated_otherwise(run_dir: Path) -> None:
+    results = _results(run_dir)
+    results["calibration"] = {
+        "method": "temperature scaling: one T fitted on validation logits (NLL)", "temperature": 1.6180,
+        "bins": 15,
+        "val": {"nll_before": 0.91, "nll_after": 0.72, "ece_before": 0.1234, "ece_after": 0.0321},
+        "test": {"nll_before": 0.88, "nll_after": 0.70, "ece_before": 0.1111, "ece_after": 0.0222},
+    }  # fmt: skip
+    _write_results(run_dir, results)
+    (run_dir / "reliability.png").write_bytes((run_dir / "curves.png").read_bytes())
+    text = card.render_card(run_dir).text
+    assert "T = 1.618" in text and "| test | 0.1111 | 0.0222 | 0.8800 | 0.7000 |" in text
+    assert "![Reliability diagram" in text
+
+    del results["calibration"]
+    _write_results(run_dir, results)
+    (run_dir / "reliability.png").unlink()
+    text = card.render_card(run_dir).text
+    assert "Not calibrated" in text and "reliability.png" not in text
+
+
+def test_card_names_the_real_base_model_and_copes_with_older_reports(run_dir: Path, tmp_path: Path) -> None:
+    results = _results(run_dir)
+    results["config"] |= {"pretrained": True, "model_name": "timm/resnet18.a1_in1k"}
+    results.pop("base_model", None)  # a results.json from before training recorded it
+    for key in ("grouping", "groups"):  # a data report from before near-duplicate grouping
+        results["data_report"].pop(key, None)
+    _write_results(run_dir, results)
+    rendered = card.render_card(run_dir)
+    assert rendered.data.base_model == "timm/resnet18.a1_in1k"
+    assert "predates near-duplicate grouping" in rendered.text
+
+    # A local timm folder resolves to the Hub id its config.json records; without one, no base model.
+    local = tmp_path / "tf_efficientnet_lite0.in1k"
+    local.mkdir()
+    (local / "config.json").write_text(
+        json.dumps({"pretrained_cfg": {"hf_hub_id": "timm/tf_efficientnet_lite0.in1k"}})
+    )
+    assert card.base_model_of(str(local), pretrained=True) == "timm/tf_efficientnet_lite0.in1k"
+    assert card.base_model_of(str(local), pretrained=False) is None
+    (local / "config.json").write_text("{}")
+    assert card.base_model_of(str(local), pretrained=True) is None
+    assert card.base_model_of("/gone/folder", pretrained=True) is None
+
+
+# --- Arguments ---------------------------------------------------------------------------------------
+
+
+def test_help_documents_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        publish.main(["--help"])
+    assert info.value.code == 0
+    help_text = capsys.readouterr().out
+    for f in fields(PublishArgs):
+        flag = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
+        assert flag in help_text and f.metadata.get("help"), f.name
+    assert "OUTPUT_DIR" in help_text.split("\n\n")[0]  # the usage: positional, publish OUT ...
+
+
+def test_publish_args_are_checked_up_front(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--model-repo"):
+        PublishArgs(str(run_dir), "not a repo")
+    with pytest.raises(ConfigError, match="--space-repo"):
+        PublishArgs(str(run_dir), "alice/m", space_repo="alice")
+    with pytest.raises(ConfigError, match=r"lacks results\.json, model/config\.json"):
+        PublishArgs(str(tmp_path / "empty"), "alice/m")
+    with pytest.raises(ConfigError, match=r"--space-only.*--space-repo"):
+        PublishArgs(str(tmp_path), "alice/m", space_only=True)
+    # The CLI: a bad flag is one line and exit 2, before any work.
+    assert publish.main([str(tmp_path / "empty"), "--model-repo", "alice/m", "--dry-run"]) == 2
+    assert not (tmp_path / "empty").exists()
+
+
+def test_train_config_checks_the_hub_flags() -> None:
+    from trashnet_hf.config import TrainConfig
+
+    base = {"data_dir": str(ROOT / "trashnet_hf" / "sample"), "report_to": "none"}
+    with pytest.raises(ConfigError, match="--push-to-hub needs --hub-model-id"):
+        TrainConfig(**base, push_to_hub=True)
+    with pytest.raises(ConfigError, match="only apply with --push-to-hub"):
+        TrainConfig(**base, hub_model_id="alice/m")
+    with pytest.raises(ConfigError, match="--hub-space-id"):
+        TrainConfig(**base, push_to_hub=True, hub_model_id="alice/m", hub_space_id="a/b/c")
+
+
+# --- The dry run --------------------------------------------------------------------------------------
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_dry_run_builds_both_folders(run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO")
+    built = publish.publish(PublishArgs(str(run_dir), "alice/trashnet", "alice/trashnet-demo", dry_run=True))
+    assert built.model == run_dir / "publish" / "model" and built.space == run_dir / "publish" / "space"
+
+    model_files = _files(built.model)
+    assert {
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "results.json",
+        "confusion_matrix.png",
+        "curves.png",
+    } <= model_files
+    assert ("reliability.png" in model_files) == (run_dir / "reliability.png").is_file()
+    assert (built.model / "model.safetensors").read_bytes() == (
+        run_dir / "model" / "model.safetensors"
+    ).read_bytes()
+
+    space = built.space
+    classes = sorted(p.name for p in (ROOT / "trashnet_hf" / "sample").iterdir() if p.is_dir())
+    assert {"app.py", "requirements.txt", "README.md", "model_id.txt", "trashnet_hf/__init__.py"} <= _files(
+        space
+    )
+    assert sorted(p.stem for p in (space / "examples").glob("*.jpg")) == classes
+    assert not (space / "trashnet_hf" / "sample").exists() and not list(space.rglob("__pycache__"))
+    assert (space / "app.py").read_bytes() == (ROOT / "app.py").read_bytes()
+    assert (space / "model_id.txt").read_text().strip() == "alice/trashnet"
+    pins = dict(
+        line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line
+    )
+    space_pins = dict(line.split("==") for line in (space / "requirements.txt").read_text().splitlines())
+    assert space_pins and all(pins[name] == version for name, version in space_pins.items())
+    front = SpaceCard.load(space / "README.md").data
+    assert (front.sdk, front.sdk_version, front.app_file) == ("gradio", pins["gradio"], "app.py")
+    assert front.models == ["alice/trashnet"] and front.title and front.emoji
+    assert "PRO" in (space / "README.md").read_text()
+
+    log = caplog.text
+    assert "PRO" in log and "Dry run: nothing uploaded" in log
+    assert "model.safetensors" in log and "examples/glass.jpg" in log  # the file lists
+
+
+def test_rebuild_replaces_only_an_unchanged_previous_build(run_dir: Path) -> None:
+    args = PublishArgs(str(run_dir), "alice/trashnet", "alice/demo", dry_run=True)
+    publish.publish(args)
+    publish.publish(args)  # our own, unchanged: replaced
+    readme = run_dir / "publish" / "model" / "README.md"
+    readme.write_text(readme.read_text() + "\nA hand-written note.\n")
+    with pytest.raises(UserError, match=r"added or edited since the last build \(model/README\.md\)"):
+        publish.publish(args)
+    assert "hand-written" in readme.read_text()
+
+    shutil.rmtree(run_dir / "publish")
+    (run_dir / "publish").mkdir()
+    (run_dir / "publish" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"not built by trashnet_hf\.publish"):
+        publish.publish(args)
+    assert (run_dir / "publish" / "notes.txt").read_text() == "mine"
+
+
+def test_pipeline_loads_the_dry_run_folder_like_the_run_s_model(run_dir: Path) -> None:
+    from PIL import Image
+    from transformers import pipeline
+
+    built = publish.publish(PublishArgs(str(run_dir), "alice/trashnet", dry_run=True))
+    images = [Image.open(p) for p in sorted((ROOT / "trashnet_hf" / "sample").glob("*/*1.jpg"))]
+    published = pipeline("image-classification", model=str(built.model))(images)
+    original = pipeline("image-classification", model=str(run_dir / "model"))(images)
+    assert [r[0]["label"] for r in published] == [r[0]["label"] for r in original]
+    assert [r[0]["score"] for r in published] == pytest.approx([r[0]["score"] for r in original], abs=1e-6)
+
+
+def _space_import_probe() -> str:
+    """Code run inside the Space folder: import app.py, then report where the package came from, sys.path,
+    and the files of the project modules now loaded (app.py's own imports)."""
+    return (
+        "import json, sys\n"
+        "import app\n"
+        "import trashnet_hf\n"
+        "files = [m.__file__ for k, m in sys.modules.items() if k == 'app' or k.startswith('trashnet_hf.')]\n"
+        "print(json.dumps({'package': trashnet_hf.__file__, 'path': sys.path, 'files': files}))\n"
+    )
+
+
+def _third_party_imports(files: list[str]) -> set[str]:
+    """Distributions that the module-level imports of ``files`` need (imports inside functions run only
+    when called; optional integrations of other libraries are their business)."""
+    from importlib import metadata
+
+    tops = set()
+    for file in files:
+        for node in ast.parse(Path(file).read_text()).body:
+            if isinstance(node, ast.Import):
+                tops |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops.add(node.module.split(".")[0])
+    tops -= {*sys.stdlib_module_names, "trashnet_hf", "__future__"}
+    dists = metadata.packages_distributions()
+    return {d for t in tops for d in dists.get(t, [t])}
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions ``requirements`` install, with their dependencies (no extras), normalised."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [Requirement(r).name for r in requirements]
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for spec in map(Requirement, requires):
+            if spec.marker is None or spec.marker.evaluate({"extra": ""}):
+                todo.append(spec.name)
+    return seen
+
+
+@pytest.mark.slow  # imports torch, transformers and gradio in a fresh interpreter
+def test_space_folder_imports_on_its_own(run_dir: Path) -> None:
+    from packaging.utils import canonicalize_name
+
+    space = publish.publish(PublishArgs(str(run_dir), "alice/trashnet", "alice/demo", dry_run=True)).space
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env |= {"PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
+    # cwd = the Space folder: `python -c` puts it first on sys.path, as running app.py there would.
+    proc = subprocess.run(
+        [sys.executable, "-c", _space_import_probe()], cwd=space, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(found["package"]).resolve().is_relative_to(space.resolve())
+    assert all(Path(f).resolve().is_relative_to(space.resolve()) for f in found["files"])
+    assert not [p for p in found["path"] if p and Path(p).resolve() == ROOT]
+    # Every distribution app.py and the package modules it loads import is installed by the Space's
+    # requirements (with their dependencies) or is gradio (the Space's SDK).
+    wanted = [*(space / "requirements.txt").read_text().split(), "gradio"]
+    needed = {canonicalize_name(d) for d in _third_party_imports(found["files"])}
+    missing = needed - _closure(wanted)
+    assert not missing, f"app.py imports packages the Space does not install: {sorted(missing)}"
+
+
+def test_space_only_builds_without_a_run_or_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys\nfrom trashnet_hf import publish\n"
+        f"rc = publish.main([{str(tmp_path / 'build')!r}, '--space-only', '--model-repo', 'alice/m', "
+        "'--space-repo', 'alice/demo', '--dry-run'])\n"
+        "assert rc == 0, rc\nassert 'torch' not in sys.modules, 'publish imported torch'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "build" / "publish" / "space" / "app.py").is_file()
+    assert not (tmp_path / "build" / "publish" / "model").exists()
+
+
+# --- The push ---------------------------------------------------------------------------------------
+
+
+def test_push_creates_each_repo_and_uploads_each_folder_in_one_commit(run_dir: Path, api, can_push) -> None:
+    args = PublishArgs(str(run_dir), "alice/trashnet", "alice/demo", private=True)
+    built = publish.publish(args, api)
+    assert api.create_repo.call_count == 2 and api.upload_folder.call_count == 2
+    model_call, space_call = api.create_repo.call_args_list
+    assert model_call.args == ("alice/trashnet",)
+    assert model_call.kwargs == {"repo_type": "model", "private": True, "exist_ok": True}
+    assert space_call.args == ("alice/demo",)
+    assert space_call.kwargs == {
+        "repo_type": "space",
+        "private": True,
+        "exist_ok": True,
+        "space_sdk": "gradio",
+    }
+    model_upload, space_upload = (c.kwargs for c in api.upload_folder.call_args_list)
+    assert (model_upload["repo_id"], model_upload["folder_path"], model_upload["repo_type"]) == (
+        "alice/trashnet", built.model, "model",
+    )  # fmt: skip
+    assert (space_upload["repo_id"], space_upload["folder_path"], space_upload["repo_type"]) == (
+        "alice/demo", built.space, "space",
+    )  # fmt: skip
+    assert model_upload["commit_message"] and space_upload["commit_message"]
+
+
+def test_push_without_a_token_fails_before_building(
+    run_dir: Path, api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(publish, "get_token", lambda: None)  # no saved login either
+    with pytest.raises(UserError, match=r"hf auth login.*HF_TOKEN.*--dry-run"):
+        publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)
+    assert not (run_dir / "publish").exists() and not api.method_calls
+    # Offline with a token: the same, in seconds, naming what to do.
+    monkeypatch.setattr(publish, "get_token", lambda: FAKE_TOKEN)
+    with pytest.raises(hub.HubUnavailableError, match="--dry-run"):
+        publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)
+
+
+def _http_error(status: int) -> HfHubHTTPError:
+    request = httpx2.Request("POST", "https://huggingface.co/api/models/alice/trashnet/commit/main")
+    return HfHubHTTPError(f"{status} error", response=httpx2.Response(status, request=request))
+
+
+def test_a_failed_upload_is_retried_then_reported(run_dir: Path, api, can_push) -> None:
+    api.upload_folder.side_effect = [_http_error(503), None]
+    publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)
+    assert api.upload_folder.call_count == 2
+
+    api.upload_folder.reset_mock()
+    api.upload_folder.side_effect = _http_error(502)
+    with pytest.raises(
+        UserError, match=r"Uploading .* to model repo alice/trashnet failed after 3 attempt.*stay in"
+    ):
+        publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)
+    assert api.upload_folder.call_count == publish.UPLOAD_TRIES
+    assert (run_dir / "publish" / "model" / "model.safetensors").is_file()  # the build stays on disk
+
+    api.upload_folder.reset_mock()
+    api.upload_folder.side_effect = _http_error(403)  # a refusal is not retried
+    with pytest.raises(UserError, match="after 1 attempt"):
+        publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)
+    assert api.upload_folder.call_count == 1
+
+
+def _assert_token_nowhere(folder: Path, log: str) -> None:
+    assert FAKE_TOKEN not in log
+    leaks = [p for p in folder.rglob("*") if p.is_file() and FAKE_TOKEN.encode() in p.read_bytes()]
+    assert not leaks, f"the token was written to {leaks}"
+
+
+def test_the_token_is_never_written_or_logged(
+    run_dir: Path, api, can_push, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    publish.publish(PublishArgs(str(run_dir), "alice/trashnet", "alice/demo"), api)
+    _assert_token_nowhere(run_dir, caplog.text + "".join(capfd.readouterr()))
+    assert all(FAKE_TOKEN not in repr(c) for c in api.method_calls)  # HfApi finds the token itself
+
+
+@pytest.mark.slow
+def test_train_push_to_hub_checks_first_and_publishes_after(
+    tmp_path: Path, api, can_push, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capfd
+) -> None:
+    from tests.conftest import make_learnable_folder
+    from tests.test_cli import train_main
+
+    monkeypatch.setattr(publish, "HfApi", lambda: api)
+    out = tmp_path / "out"
+    argv = [
+        "--data-dir", str(make_learnable_folder(tmp_path / "data", per_class=8)), "--output-dir", str(out),
+        "--cache-dir", str(tmp_path / "cache"), "--model-name", "test_resnet", "--pretrained", "false",
+        "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--report-to", "wandb",
+        "--push-to-hub", "--hub-model-id", "alice/trashnet", "--hub-space-id", "alice/demo",
+    ]  # fmt: skip
+    caplog.set_level("DEBUG")
+    assert train_main()(argv) == 0
+    assert [c.args[0] for c in api.create_repo.call_args_list] == ["alice/trashnet", "alice/demo"]
+    assert (out / "publish" / "model" / "README.md").is_file()
+    _assert_token_nowhere(tmp_path, caplog.text + "".join(capfd.readouterr()))  # results, card, W&B files
+
+    # No token: refused in seconds, before any training output exists.
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr(publish, "get_token", lambda: None)
+    assert train_main()([*argv[:3], str(tmp_path / "out2"), *argv[4:]]) == 1
+    assert not (tmp_path / "out2").exists()
