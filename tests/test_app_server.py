@@ -25,7 +25,9 @@ from tests.conftest import CLASSES, make_learnable_folder, photo
 from trashnet_hf.app import TOP_K, AppArgs, create, launch
 from trashnet_hf.inference import Classifier, open_image
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's chromium here and in .ci/run; GitHub's Ubuntu runners ship Google Chrome instead (ci.yml sets
+# CHROMIUM to it), which Playwright drives the same way.
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 ROOT = Path(__file__).resolve().parents[1]
 
 
