@@ -26,7 +26,7 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from trashnet_hf import cli
+from trashnet_hf import cli, example_photo
 from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.feedback import FeedbackStore
 from trashnet_hf.inference import Classifier, ImageError, open_image
@@ -173,10 +173,9 @@ def model_link(model: str) -> str:
 def example_files(app_dir: Path, labels: list[str]) -> list[Path]:
     """One example photo per class: ``examples/<class>.jpg`` next to app.py (the Space folder), else the
     package's bundled TrashNet sample (``sample/<class>/<class>1.jpg``)."""
-    sample = Path(__file__).parent / "sample"
     out = []
     for label in labels:
-        for path in (app_dir / "examples" / f"{label}.jpg", sample / label / f"{label}1.jpg"):
+        for path in (app_dir / "examples" / f"{label}.jpg", example_photo(label)):
             if path.is_file():
                 out.append(path)
                 break

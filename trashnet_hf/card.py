@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
+from trashnet_hf import hub
 from trashnet_hf.errors import UserError
 
 TEMPLATE = Path(__file__).with_name("model_card.md")
@@ -25,17 +24,6 @@ TRASHNET_CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 LICENSE = "mit"  # the project's, and TrashNet's
 PLOTS = ("confusion_matrix.png", "curves.png", "reliability.png")
 SPLITS = ("train", "val", "test")
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether ``name`` is a Hub repo id of the form owner/name (not a local path)."""
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def base_model_of(model_name: str, pretrained: bool) -> str | None:
@@ -49,9 +37,9 @@ def base_model_of(model_name: str, pretrained: bool) -> str | None:
         config = folder / "config.json"
         saved = json.loads(config.read_text()) if config.is_file() else {}
         hub_id = (saved.get("pretrained_cfg") or {}).get("hf_hub_id")
-        return hub_id if isinstance(hub_id, str) and is_hub_id(hub_id) else None
+        return hub_id if isinstance(hub_id, str) and hub.is_repo_id(hub_id) else None
     name = model_name.removeprefix("hf-hub:")
-    return name if is_hub_id(name) else None
+    return name if hub.is_repo_id(name) else None
 
 
 def _base_model(results: dict[str, Any], architecture: str) -> tuple[str | None, str]:
@@ -134,7 +122,7 @@ def _relative(path: str, class_names: list[str]) -> str:
 
 def _display_name(model_name: str | None) -> str | None:
     """A Hub id as it is; a local folder by its last component, so the card holds no local paths."""
-    if model_name is None or is_hub_id(model_name):
+    if model_name is None or hub.is_repo_id(model_name):
         return model_name
     return f"local folder {Path(model_name).name}"
 

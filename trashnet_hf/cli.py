@@ -29,6 +29,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 POSITIONAL = "positional"
 
 
+def help_field(text: str, **kwargs: Any) -> Any:
+    """A dataclass field whose ``--help`` text is ``text`` (every flag of every command line has one)."""
+    return dataclasses.field(metadata={"help": text}, **kwargs)
+
+
 class _Parser(HfArgumentParser):
     @staticmethod
     def _parse_dataclass_field(parser: ArgumentParser, field: dataclasses.Field) -> None:

@@ -8,85 +8,85 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from trashnet_hf import hub
+from trashnet_hf.cli import help_field
 from trashnet_hf.errors import ConfigError
 from trashnet_hf.preprocessing import Preprocessing
 
 __all__ = ["ConfigError", "DataConfig", "TrainConfig"]
 
 
-def _help(text: str, **kwargs):
-    return field(metadata={"help": text}, **kwargs)
-
-
 @dataclass
 class DataConfig:
     """Where the images come from and how they are prepared and split."""
 
-    data_dir: str | None = _help(
+    data_dir: str | None = help_field(
         "Local dataset folder: class folders (<class>/<images at any depth>, symlinks followed) or a folder "
         "of zips laid out like the Hub repo (<root>/<class>/<image> inside each zip). Other layouts are "
         "refused with a message (see the README). When set, --dataset is not used.",
         default=None,
     )
-    dataset: str = _help(
+    dataset: str = help_field(
         "Hub dataset repo to download when --data-dir is not set (needs network).",
         default="garythung/trashnet",
     )
-    include_originals: bool = _help(
+    include_originals: bool = help_field(
         "With --dataset: also download dataset-original.zip (3.6 GB of full-resolution photos); "
         "by default only dataset-resized.zip (43 MB).",
         default=False,
     )
-    extra_data_dir: str | None = _help(
+    extra_data_dir: str | None = help_field(
         "Extra training images, e.g. the demo's corrections (app.py's feedback folder): <class>/<images>, "
         "each class one of the data's. They join the train split only, never val or test: one grouped with "
         "a val/test image or an image of another class (the same perceptual-hash and near-duplicate "
         "grouping as the data's) is dropped, and data_report.json says which and why.",
         default=None,
     )
-    output_dir: str = _help(
+    output_dir: str = help_field(
         "Folder for the run's outputs (reports, manifest, model, ...).", default="outputs"
     )
-    seed: int = _help("Random seed for the split (and, in training, everything else).", default=42)
-    image_size: int = _help("Side of the square model input (the training crop), in pixels.", default=224)
-    crop_pct: float | None = _help(
+    seed: int = help_field("Random seed for the split (and, in training, everything else).", default=42)
+    image_size: int = help_field(
+        "Side of the square model input (the training crop), in pixels.", default=224
+    )
+    crop_pct: float | None = help_field(
         "Centre-crop fraction of the eval transform: images are stored with their shorter side at "
         "floor(image_size / crop_pct) and centre-cropped to image_size at eval time. Default: the "
         "backbone's own (its pretrained_cfg; timm's default for the architecture with --pretrained false); "
         f"{Preprocessing.crop_pct} when preparing data alone.",
         default=None,
     )
-    interpolation: Literal["bilinear", "bicubic"] | None = _help(
+    interpolation: Literal["bilinear", "bicubic"] | None = help_field(
         "Resampling filter for resizing, at preparation and at serving time. Default: the backbone's own, "
         f"as for --crop-pct; {Preprocessing.interpolation} when preparing data alone.",
         default=None,
     )
-    train_share: float = _help(
+    train_share: float = help_field(
         "Share of each class's images in the train split (duplicate groups move whole).", default=0.70
     )
-    val_share: float = _help(
+    val_share: float = help_field(
         "Share of each class's images in the validation split (duplicate groups move whole).", default=0.15
     )
-    test_share: float = _help(
+    test_share: float = help_field(
         "Share of each class's images in the test split (duplicate groups move whole).", default=0.15
     )
-    hash_size: int = _help(
+    hash_size: int = help_field(
         "Perceptual-hash side (imagehash.phash): hash_size**2 bits per image. 16 separates distinct "
         "TrashNet photos on their white background far better than 8.",
         default=16,
     )
-    hash_threshold: int = _help(
+    hash_threshold: int = help_field(
         "Largest Hamming distance between perceptual hashes at which two images count as the same "
         "photo (same-photo twins at two resolutions measure <= 6 at hash_size 16; distinct TrashNet "
         "photos of different classes >= 48).",
         default=16,
     )
-    near_duplicate_threshold: float = _help(
+    near_duplicate_threshold: float = help_field(
         "Cosine similarity of the pretrained backbone's pooled features (at a fixed 160 px, whatever "
         "--image-size) at or above which two photos count as shots of the same object and are split "
         "together, joined with the perceptual-hash twins. Calibrated on TrashNet with Lite0: distinct "
@@ -95,20 +95,20 @@ class DataConfig:
         "--pretrained false and preparing data without a model (python -m trashnet_hf.data).",
         default=0.83,
     )
-    num_proc: int = _help(
+    num_proc: int = help_field(
         "Worker processes for preparation (datasets.map). Each also runs --num-threads threads; extra "
         "processes pay off only on many-core machines.",
         default=1,
     )
-    num_threads: int | None = _help(
+    num_threads: int | None = help_field(
         "Images decoded at once in each preparation process (decoding and resizing release the GIL); "
         "default: one per CPU core, at most 8.",
         default=None,
     )
-    max_bad_fraction: float = _help(
+    max_bad_fraction: float = help_field(
         "Stop with an error when more than this share of files cannot be read as images.", default=0.05
     )
-    cache_dir: str | None = _help(
+    cache_dir: str | None = help_field(
         "datasets cache folder (prepared arrays and extracted archives); default: the datasets cache.",
         default=None,
     )
@@ -126,6 +126,11 @@ class DataConfig:
             crop_pct=self.crop_pct if self.crop_pct is not None else defaults.crop_pct,
             interpolation=self.interpolation or defaults.interpolation,
         )
+
+    @property
+    def threads(self) -> int:
+        """--num-threads, or its default: one per CPU core, at most 8."""
+        return self.num_threads or min(8, os.cpu_count() or 1)
 
     @property
     def shares(self) -> dict[str, float]:
@@ -194,111 +199,115 @@ class DataConfig:
 class TrainConfig(DataConfig):
     """Everything ``train.py`` takes: the data flags above plus the model, optimisation and tracking."""
 
-    model_name: str = _help(
+    model_name: str = help_field(
         "timm model whose weights start the fine-tuning (its head is replaced): a Hub id, or a local folder "
         "in timm's Hub layout (config.json + model.safetensors), e.g. one copied from a connected machine "
         "or written by `python -m trashnet_hf.backbones`.",
         default="timm/resnet18.a1_in1k",
     )
-    pretrained: bool = _help(
+    pretrained: bool = help_field(
         "Start from the Hub weights of --model-name; 'false' builds the same architecture randomly "
         "initialised (no network needed).",
         default=True,
     )
-    epochs: int = _help("Training epochs (at most; early stopping may end sooner).", default=15)
-    batch_size: int = _help("Training images per device per step.", default=32)
-    eval_batch_size: int = _help("Evaluation images per device per step.", default=128)
-    learning_rate: float = _help("Peak AdamW learning rate (after warm-up).", default=1e-3)
-    weight_decay: float = _help("AdamW weight decay (not applied to biases and norm layers).", default=0.05)
-    warmup_ratio: float = _help(
+    epochs: int = help_field("Training epochs (at most; early stopping may end sooner).", default=15)
+    batch_size: int = help_field("Training images per device per step.", default=32)
+    eval_batch_size: int = help_field("Evaluation images per device per step.", default=128)
+    learning_rate: float = help_field("Peak AdamW learning rate (after warm-up).", default=1e-3)
+    weight_decay: float = help_field(
+        "AdamW weight decay (not applied to biases and norm layers).", default=0.05
+    )
+    warmup_ratio: float = help_field(
         "Share of the optimisation steps spent warming the learning rate up.", default=0.1
     )
-    label_smoothing: float = _help("Label smoothing of the cross-entropy loss.", default=0.1)
-    layer_decay: float = _help(
+    label_smoothing: float = help_field("Label smoothing of the cross-entropy loss.", default=0.1)
+    layer_decay: float = help_field(
         "Layer-wise learning-rate decay: each layer below the head learns at this factor of the one above "
         "it (timm's layer grouping), so the pretrained features move less than the new head; 1 disables.",
         default=0.8,
     )
-    ema_decay: float = _help(
+    ema_decay: float = help_field(
         "Validate, keep and publish an exponential moving average of the weights with this decay (with "
         "timm's warm-up, so short runs work); 0 disables.",
         default=0.998,
     )
-    mixup_alpha: float = _help("Mixup strength (timm's Mixup, one draw per batch); 0 disables.", default=0.0)
-    cutmix_alpha: float = _help(
+    mixup_alpha: float = help_field(
+        "Mixup strength (timm's Mixup, one draw per batch); 0 disables.", default=0.0
+    )
+    cutmix_alpha: float = help_field(
         "CutMix strength (with --mixup-alpha too, each batch uses one of the two); 0 disables.", default=0.0
     )
-    class_weighting: Literal["none", "balanced"] = _help(
+    class_weighting: Literal["none", "balanced"] = help_field(
         "Loss weight per class: 'balanced' weighs each class by n / (k * n_class) of the train split, so "
         "the small trash class counts as much as the others.",
         default="balanced",
     )
-    gradient_accumulation_steps: int = _help("Steps whose gradients add up before an update.", default=1)
-    max_grad_norm: float = _help("Clip the gradient norm to this value (0 disables).", default=1.0)
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = _help(
+    gradient_accumulation_steps: int = help_field("Steps whose gradients add up before an update.", default=1)
+    max_grad_norm: float = help_field("Clip the gradient norm to this value (0 disables).", default=1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = help_field(
         "Mixed precision; default: what `accelerate config` / `accelerate launch` set (bf16 autocast on a "
         "recent GPU is the fast choice).",
         default=None,
     )
-    crop_scale_min: float = _help(
+    crop_scale_min: float = help_field(
         "Smallest share of the image area a random resized crop keeps (train augmentation).", default=0.25
     )
-    color_jitter: float = _help(
+    color_jitter: float = help_field(
         "Strength of the brightness/contrast/saturation jitter (0 disables).", default=0.2
     )
-    patience: int = _help(
+    patience: int = help_field(
         "Stop after this many epochs without a better validation macro-F1 (0 disables early stopping).",
         default=5,
     )
-    checkpoint_every_steps: int = _help(
+    checkpoint_every_steps: int = help_field(
         "Also save a resumable checkpoint every N optimisation steps (0: only at each epoch's end).",
         default=0,
     )
-    calibrate: bool = _help(
+    calibrate: bool = help_field(
         "After training, fit one temperature on the validation split (temperature scaling, minimum NLL) and "
         "fold it into the saved model's head, so its scores match how often it is right; argmax predictions "
         "do not change. 'false' keeps the raw softmax scores.",
         default=True,
     )
-    overwrite_output_dir: bool = _help(
+    overwrite_output_dir: bool = help_field(
         "Replace a previous run in --output-dir (its model, results, checkpoints, W&B run); without it such "
         "a folder is refused unless --resume-from-checkpoint continues that run.",
         default=False,
     )
-    resume_from_checkpoint: str | None = _help(
+    resume_from_checkpoint: str | None = help_field(
         "Resume from 'latest' (the newest checkpoint in --output-dir) or a checkpoint folder.", default=None
     )
-    logging_steps: int = _help(
+    logging_steps: int = help_field(
         "Log loss, learning rate and images/s every N steps (each log waits for the device once).", default=10
     )
-    num_workers: int | None = _help(
+    num_workers: int | None = help_field(
         "DataLoader worker processes; default: 2 with a GPU, 0 on the CPU (batches are Arrow slices).",
         default=None,
     )
-    channels_last: bool = _help(
+    channels_last: bool = help_field(
         "Keep the model and images in channels-last memory (faster convolutions).", default=True
     )
-    report_to: Literal["wandb", "none"] = _help(
+    report_to: Literal["wandb", "none"] = help_field(
         "Where to track the run: W&B (offline mode without WANDB_API_KEY) or nowhere.", default="wandb"
     )
-    wandb_project: str = _help("W&B project name.", default="trashnet-hf")
-    run_name: str | None = _help("W&B run name; default: W&B's own.", default=None)
-    prediction_table_size: int = _help(
+    wandb_project: str = help_field("W&B project name.", default="trashnet-hf")
+    run_name: str | None = help_field("W&B run name; default: W&B's own.", default=None)
+    prediction_table_size: int = help_field(
         "Validation images in the W&B prediction table (a fixed subset, the same every epoch).", default=48
     )
-    push_to_hub: bool = _help(
+    push_to_hub: bool = help_field(
         "After training, publish the run to the Hub (python -m trashnet_hf.publish): the model repo "
         "--hub-model-id and, with --hub-space-id, the Gradio Space. Needs a token (`hf auth login` or "
         "HF_TOKEN), checked before training starts.",
         default=False,
     )
-    hub_model_id: str | None = _help("Hub model repo for --push-to-hub, USER/NAME.", default=None)
-    hub_space_id: str | None = _help(
+    hub_model_id: str | None = help_field("Hub model repo for --push-to-hub, USER/NAME.", default=None)
+    hub_space_id: str | None = help_field(
         "Hub Space for --push-to-hub, USER/NAME (a Gradio Space on free hardware needs a PRO, Team or "
         "Enterprise subscription); default: no Space.",
         default=None,
     )
-    hub_private_repo: bool = _help("With --push-to-hub: create the repos private.", default=False)
+    hub_private_repo: bool = help_field("With --push-to-hub: create the repos private.", default=False)
 
     def validate(self) -> None:
         super().validate()

@@ -17,7 +17,6 @@ kept only if its test accuracy is at most ``--max-accuracy-drop`` points below t
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import statistics
@@ -33,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trashnet_hf import cli
+from trashnet_hf import SAMPLE_DIR, cli
+from trashnet_hf.data import MANIFEST_FILE, read_manifest
 from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.inference import (
     ONNX_CFG_KEY,
@@ -48,13 +48,7 @@ from trashnet_hf.predict import expand_paths
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample"  # real TrashNet photos shipped with the package
-MANIFEST_FILE = "split_manifest.csv"  # written by training beside model/ (trashnet_hf.data.MANIFEST_FILE)
 ONNX_INT8_KEY = "trashnet_hf.int8"  # metadata of the int8 file: its accuracy check, as JSON
-
-
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass
@@ -64,37 +58,39 @@ class ExportArgs:
     model_dir: str = field(
         metadata={"help": "The model folder a training run wrote (OUTPUT_DIR/model).", cli.POSITIONAL: True}
     )
-    output: str = _help("The .onnx file to write.")
-    overwrite: bool = _help("Replace the output files if they exist (otherwise refused).", default=False)
-    opset: int = _help("ONNX opset version.", default=17)
-    parity_images: int = _help(
+    output: str = cli.help_field("The .onnx file to write.")
+    overwrite: bool = cli.help_field(
+        "Replace the output files if they exist (otherwise refused).", default=False
+    )
+    opset: int = cli.help_field("ONNX opset version.", default=17)
+    parity_images: int = cli.help_field(
         "Photos the parity check runs on: the run's test photos (split_manifest.csv beside the model "
         "folder), else the sample photos shipped in trashnet_hf/sample.",
         default=32,
     )
-    tolerance: float = _help(
+    tolerance: float = cli.help_field(
         "Largest |onnxruntime - PyTorch| logit difference the export accepts.", default=1e-4
     )
-    int8: bool = _help(
+    int8: bool = cli.help_field(
         "Also write an int8 (static QDQ) model, kept only if its test accuracy drops by at most "
         "--max-accuracy-drop points.",
         default=False,
     )
-    int8_output: str | None = _help(
+    int8_output: str | None = cli.help_field(
         "Where the int8 model goes; default: OUTPUT with .int8.onnx.", default=None
     )
-    calibration_dir: str | None = _help(
+    calibration_dir: str | None = cli.help_field(
         "Images the int8 ranges are calibrated on (searched recursively); default: the run's validation "
         "photos listed in split_manifest.csv beside the model folder.",
         default=None,
     )
-    test_dir: str | None = _help(
+    test_dir: str | None = cli.help_field(
         "Labelled images for the int8 accuracy check, one folder per class named as the model's labels; "
         "default: the run's test photos listed in split_manifest.csv.",
         default=None,
     )
-    calibration_images: int = _help("At most this many calibration images.", default=200)
-    max_accuracy_drop: float = _help("Largest int8 test-accuracy loss kept, in points.", default=0.5)
+    calibration_images: int = cli.help_field("At most this many calibration images.", default=200)
+    max_accuracy_drop: float = cli.help_field("Largest int8 test-accuracy loss kept, in points.", default=0.5)
 
     def __post_init__(self) -> None:
         """Raise ConfigError naming the flag for any value that cannot work, before any work starts."""
@@ -151,8 +147,7 @@ class Photos:
 
 def manifest_photos(manifest: Path, split: str, limit: int | None = None) -> Photos:
     """The rows of one split of a training run's manifest whose files are on this machine."""
-    with manifest.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("split") == split and Path(r["path"]).is_file()]
+    rows = [r for r in read_manifest(manifest) if r["split"] == split and Path(r["path"]).is_file()]
     rows = rows[:limit] if limit else rows
     return Photos([Path(r["path"]) for r in rows], [r["label"] for r in rows], f"{split} rows of {manifest}")
 

@@ -93,6 +93,16 @@ def require_online(what: str, fix: str) -> None:
         raise HubUnavailableError(f"Cannot {what}: the Hugging Face Hub is unreachable ({reason}). {fix}")
 
 
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` is a Hub repo id of the form owner/name (huggingface_hub's own rules, which
+    refuse a path starting with ".", "/" or "~"), not a local path or a bare word."""
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return name.count("/") == 1
+
+
 def check_repo_id(flag: str, repo_id: str) -> None:
     """ConfigError naming ``flag`` unless ``repo_id`` is a Hub repo id of the form owner/name."""
     try:
@@ -202,11 +212,7 @@ def feedback_scheduler(
 
     The scheduler creates the repo at once, so an unreachable Hub or a refused token fails here, in seconds,
     as a ``UserError`` (``HubUnavailableError`` when the Hub cannot be reached)."""
-    reason = _unreachable_reason()
-    if reason is not None:
-        raise HubUnavailableError(
-            f"Cannot push feedback to dataset {repo_id!r} ({reason}); corrections stay in {folder}."
-        )
+    require_online(f"push feedback to dataset {repo_id!r}", f"Corrections stay in {folder}.")
     try:
         return CommitScheduler(
             repo_id=repo_id, repo_type="dataset", folder_path=folder, every=every_minutes, token=token,

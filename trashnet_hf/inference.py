@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from PIL import Image, UnidentifiedImageError
 from transformers import TimmWrapperImageProcessor
 
@@ -78,14 +76,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _looks_like_repo_id(name: str) -> bool:
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return "/" in name  # a bare word is far more likely a mistyped folder than a legacy Hub model
-
-
 @dataclass
 class Classifier:
     """A model with its labels and its pipeline()-identical preprocessing; see ``Classifier.load``."""
@@ -113,7 +103,7 @@ class Classifier:
             folder = path
         elif path.exists():
             raise ModelLoadError(f"{str(model)!r} is a file; pass a model folder, a .onnx file or a Hub id.")
-        elif _looks_like_repo_id(str(model)):
+        elif hub.is_repo_id(str(model)):  # a bare word is likelier a mistyped folder
             folder = hub.download_model(str(model), hint=f"(No local folder {str(model)!r} exists either.)")
         else:
             raise ModelLoadError(

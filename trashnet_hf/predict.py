@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from trashnet_hf import cli
-from trashnet_hf.data.sources import is_hidden, is_image_name
+from trashnet_hf.data.sources import image_files, is_image_name
 from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.inference import Classifier, ImageError, open_image
 
@@ -35,10 +35,6 @@ logger = logging.getLogger(__name__)
 
 PROGRESS_LOG_SECONDS = 30.0  # off a terminal: at most one progress line this often (as training does)
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one the model runs
-
-
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass
@@ -52,23 +48,25 @@ class PredictArgs:
             cli.POSITIONAL: True,
         }
     )
-    model: str = _help(
+    model: str = cli.help_field(
         "A model folder written by training (OUTPUT_DIR/model), a Hub id (user/name) or an .onnx file "
         "written by `python -m trashnet_hf.export_onnx`."
     )
-    batch_size: int = _help("Images per forward pass.", default=32)
-    top_k: int | None = _help("Classes per image, best first; default: all of them.", default=None)
-    format: Literal["csv", "json"] = _help(
+    batch_size: int = cli.help_field("Images per forward pass.", default=32)
+    top_k: int | None = cli.help_field("Classes per image, best first; default: all of them.", default=None)
+    format: Literal["csv", "json"] = cli.help_field(
         "csv: one row per image (path, error, label_1, score_1, ...); json: a list of "
         '{"path", "error", "predictions": [{"label", "score"}, ...]}.',
         default="csv",
     )
-    output: str | None = _help("Write the predictions to this file; default: standard output.", default=None)
-    overwrite: bool = _help("Replace --output if it exists (otherwise refused).", default=False)
-    device: str | None = _help(
+    output: str | None = cli.help_field(
+        "Write the predictions to this file; default: standard output.", default=None
+    )
+    overwrite: bool = cli.help_field("Replace --output if it exists (otherwise refused).", default=False)
+    device: str | None = cli.help_field(
         "Where the model runs: cuda, cuda:1, cpu...; default: the GPU if any.", default=None
     )
-    num_threads: int | None = _help(
+    num_threads: int | None = cli.help_field(
         "Threads decoding and preprocessing images; default: the CPU count, at most 8.", default=None
     )
 
@@ -97,14 +95,6 @@ class PredictArgs:
                 raise ConfigError(f"--output {self.output!r} exists; pass --overwrite to replace it.")
 
 
-def _images_under(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not is_hidden(d))
-        found += [Path(root) / f for f in sorted(files) if is_image_name(f) and not is_hidden(f)]
-    return found
-
-
 def expand_paths(patterns: Sequence[str]) -> list[Path]:
     """The files PATHs name, in order, each once: a file as it is (an unreadable one is reported later),
     a folder's image files (recursively), a glob's image files and folders. Raises UserError naming the
@@ -115,12 +105,12 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
         if path.is_file():
             matched = [path]
         elif path.is_dir():
-            matched = _images_under(path)
+            matched = image_files(path)
         elif glob.has_magic(pattern):
             matched = []
             # glob.glob, not Path.glob: a pattern may be absolute, and Path.glob takes relative ones only.
             for hit in map(Path, sorted(glob.glob(pattern, recursive=True))):  # noqa: PTH207
-                matched += _images_under(hit) if hit.is_dir() else [hit] if is_image_name(hit.name) else []
+                matched += image_files(hit) if hit.is_dir() else [hit] if is_image_name(hit.name) else []
         else:
             raise UserError(f"{pattern!r}: no such file or folder.")
         if not matched:

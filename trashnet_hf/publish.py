@@ -31,7 +31,7 @@ from huggingface_hub import HfApi, SpaceCard, SpaceCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 import trashnet_hf
-from trashnet_hf import cli, hub
+from trashnet_hf import SAMPLE_DIR, cli, example_photo, hub
 from trashnet_hf.card import render_card
 from trashnet_hf.errors import ConfigError, UserError
 
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 PACKAGE = Path(trashnet_hf.__file__).resolve().parent
 PROJECT = PACKAGE.parent  # a checkout: app.py and requirements.txt sit beside the package
-SAMPLE = PACKAGE / "sample"
 # Marks OUT/publish as this module's build, with the SHA-256 of every file it wrote: a rebuild replaces
 # the folder only when nothing in it was added or edited since (see claim_publish_dir).
 MARKER = ".trashnet-hf-build.json"
@@ -208,9 +207,9 @@ def _pins(names: tuple[str, ...]) -> dict[str, str]:
 def _examples(dest: Path) -> list[str]:
     """One real TrashNet photo per class from the bundled sample, as examples/<class>.jpg, credited."""
     dest.mkdir()
-    classes = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir())
     for name in classes:
-        shutil.copy2(SAMPLE / name / f"{name}1.jpg", dest / f"{name}.jpg")
+        shutil.copy2(example_photo(name), dest / f"{name}.jpg")
     (dest / "CREDITS.md").write_text(
         "# Example images\n\nOne photo per class from **TrashNet** by Gary Thung and Mindy Yang (Stanford "
         "CS 229, 2016/17), `dataset-resized` form, bytes unchanged: "

@@ -554,11 +554,6 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
     if not cfg.calibrate:
         logger.info("Calibration: skipped (--calibrate false); the saved model gives raw softmax scores")
         return None
-    if len(p.data.splits["val"]) == 0:
-        raise calibration.CalibrationError(
-            "--calibrate true needs validation images to fit the temperature on, but the val split is "
-            "empty; raise --val-share or pass --calibrate false."
-        )
     best = load_model(out / "model")
     calibration.set_temperature(best, 1.0)  # a resumed run may find the saved head calibrated already
     model = acc.unwrap_model(p.model)

@@ -11,7 +11,6 @@ import csv
 import inspect
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ from trashnet_hf.errors import UserError
 from trashnet_hf.preprocessing import Preprocessing
 
 __all__ = [
-    "DataError", "DataSourceError", "Embedder", "PreparedData", "prepare_data", "read_manifest_split",
-    "write_outputs",
+    "DataError", "DataSourceError", "Embedder", "PreparedData", "prepare_data", "read_manifest",
+    "read_manifest_split", "write_outputs",
 ]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def _prepare_images(cfg: DataConfig, raw: datasets.Dataset, pre: Preprocessing) 
         # Rows are size*size*3 bytes (196 KB at 256 px): keep each write batch to a few tens of MB.
         writer_batch_size=128,
         num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs={**prep_kwargs, "threads": cfg.num_threads or min(8, os.cpu_count() or 1)},
+        fn_kwargs={**prep_kwargs, "threads": cfg.threads},
         features=_features(raw.features["label"]),
         remove_columns=["image"],
         new_fingerprint=fingerprint,
@@ -200,8 +199,7 @@ def _grouping(
         )
         logger.info("Grouping by perceptual hash only: %s", info["hash_only_because"])
         return hash_group, hash_group, info
-    threads = cfg.num_threads or min(8, os.cpu_count() or 1)
-    vectors = embed_dataset(raw, embedder, cfg.cache_dir, threads)[good]
+    vectors = embed_dataset(raw, embedder, cfg.cache_dir, cfg.threads)[good]
     near = embedding_pairs(vectors, cfg.near_duplicate_threshold)
     info |= {
         "method": "perceptual hash + backbone embeddings",
@@ -264,9 +262,8 @@ def _fold_extra(
     )
     pairs = [hash_pairs(hashes, cfg.hash_threshold)]
     if embedder is not None and cfg.near_duplicate_threshold != 0 and len(ok):
-        threads = cfg.num_threads or min(8, os.cpu_count() or 1)
         vectors = [
-            embed_dataset(ds, embedder, cfg.cache_dir, threads)[idx]
+            embed_dataset(ds, embedder, cfg.cache_dir, cfg.threads)[idx]
             for ds, idx in ((raw, good), (extra.dataset, ok))
         ]
         pairs.append(embedding_pairs(np.concatenate(vectors), cfg.near_duplicate_threshold))
@@ -406,6 +403,17 @@ def write_outputs(output_dir: str | Path, report: dict[str, Any], manifest: list
         writer.writerows(manifest)
 
 
+def read_manifest(manifest: str | Path) -> list[dict[str, str]]:
+    """The rows (path, label, group, split) of a training run's ``split_manifest.csv``; DataError for a
+    CSV without those columns."""
+    path = Path(manifest)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"path", "label", "split"} <= set(rows[0]):
+        raise DataError(f"{path}: not a split manifest (columns path, label, group, split expected).")
+    return rows
+
+
 def read_manifest_split(data: PreparedData, manifest: str | Path, split: str) -> datasets.Dataset:
     """The rows of ``data`` that a training run's ``split_manifest.csv`` put in ``split``, in its order.
 
@@ -413,11 +421,7 @@ def read_manifest_split(data: PreparedData, manifest: str | Path, split: str) ->
     evaluation of the fine-tuned model cannot redo; reading the manifest evaluates exactly the run's
     images. Every listed image must be in ``data`` (prepared from the same source), or this refuses."""
     path = Path(manifest)
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"path", "label", "split"} <= set(rows[0]):
-        raise DataError(f"{path}: not a split manifest (columns path, label, group, split expected).")
-    wanted = [r["path"] for r in rows if r["split"] == split]
+    wanted = [r["path"] for r in read_manifest(path) if r["split"] == split]
     everything = datasets.concatenate_datasets([data.splits[s] for s in SPLITS])
     row_of = {p: i for i, p in enumerate(everything["path"])}
     missing = [p for p in wanted if p not in row_of]

@@ -174,6 +174,15 @@ def _walk(folder: Path, ancestors: frozenset[Path], images: list[Path], others: 
             others.append(path)
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files (by extension) under ``folder`` at any depth, as a class folder is read: symlinks
+    followed without looping, hidden entries skipped, name order; DataSourceError for a folder that cannot
+    be read."""
+    images: list[Path] = []
+    _walk(folder, frozenset({folder.resolve()}), images, [])
+    return images
+
+
 def _describe(entries: list[os.DirEntry[str]]) -> str:
     if not entries:
         return "it is empty (hidden files aside)"
