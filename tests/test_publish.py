@@ -675,3 +675,39 @@ def test_a_damaged_build_marker_is_one_line(
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert f"{path}: damaged build marker" in err and "delete the folder, then run again" in err
     assert _snapshot(run_dir / "publish") == before
+
+
+# --- Requirement pins and retries by the libraries' rules (issue 17) ----------------------------------
+
+
+def test_requirement_pins_are_read_with_packaging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publish, "PROJECT", tmp_path)
+    (tmp_path / "requirements.txt").write_text(
+        "# pins\n--index-url https://example.org/simple\n-r dev.txt\n"
+        "Pillow == 12.3.0  # spaced, and PyPI's spelling\n"
+        "huggingface-hub==2.4.0\n"
+        "numpy>=2,<3\n"
+        "torch==2.14.1+cpu ; sys_platform == 'linux'\n"
+    )
+    assert publish._pins(("pillow", "huggingface_hub", "torch")) == {
+        "pillow": "12.3.0", "huggingface_hub": "2.4.0", "torch": "2.14.1+cpu",
+    }  # fmt: skip
+    with pytest.raises(UserError, match=r"pins no version of numpy"):  # a range is not a pin
+        publish._pins(("numpy",))
+    (tmp_path / "requirements.txt").write_text("pillow==12.3.0\nnot a requirement ==\n")
+    with pytest.raises(UserError, match=r"requirements\.txt:2: not a requirement"):
+        publish._pins(("pillow",))
+
+
+def test_retries_follow_huggingface_hub_backoff_rules(run_dir: Path, api, can_push) -> None:
+    from huggingface_hub.utils import _http
+
+    assert set(_http._DEFAULT_RETRY_ON_STATUS_CODES) == publish.TRANSIENT_STATUS
+    assert set(publish.TRANSIENT_ERRORS) == set(_http._DEFAULT_RETRY_ON_EXCEPTIONS)
+    api.upload_folder.side_effect = [_http_error(408), None]  # a timeout answer: tried again
+    publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)
+    assert api.upload_folder.call_count == 2
+    api.upload_folder.reset_mock()
+    api.upload_folder.side_effect = httpx2.UnsupportedProtocol("Request URL has an unsupported protocol")
+    with pytest.raises(UserError, match="after 1 attempt"):  # a misconfiguration, not a hiccup
+        publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx2
 from huggingface_hub import HfApi, SpaceCard, SpaceCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 import trashnet_hf
 from trashnet_hf import SAMPLE_DIR, cli, example_photo, hub
@@ -74,6 +76,8 @@ NO_TOKEN = (
     "or build the folders offline with `python -m trashnet_hf.publish OUT --model-repo USER/NAME --dry-run` "
     "and push later."
 )
+# pip's comment rule: "#" at the start of a line or after whitespace (a URL may hold "#egg=").
+COMMENT = re.compile(r"(^|\s+)#.*$")
 UPLOAD_TRIES = 3
 BACKOFF_S = 2.0  # then 4 s: a few tries ride out a Hub hiccup, not an outage
 
@@ -265,19 +269,26 @@ def build_model_folder(out: Path, dest: Path, model_id: str, redactor: Redactor)
 
 
 def _pins(names: tuple[str, ...]) -> dict[str, str]:
-    """``name==version`` lines of requirements.txt for ``names`` (normalised as pip does)."""
+    """The exact versions requirements.txt pins (``name==version``) for ``names``, read by ``packaging``."""
     requirements = PROJECT / "requirements.txt"
     if not requirements.is_file():
         raise UserError(f"{requirements} not found: build the Space from a checkout of the project.")
-    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
     pins = {}
-    for line in requirements.read_text().splitlines():
-        if match := re.fullmatch(r"\s*([A-Za-z0-9_.-]+)==(\S+)\s*(#.*)?", line):
-            pins[norm(match[1])] = match[2]
-    missing = [n for n in names if norm(n) not in pins]
+    for number, line in enumerate(requirements.read_text().splitlines(), 1):
+        spec = COMMENT.sub("", line).strip()
+        if not spec or spec.startswith("-"):  # a comment, or a pip option (-r, --index-url, -e)
+            continue
+        try:
+            requirement = Requirement(spec)
+        except InvalidRequirement as err:
+            raise UserError(f"{requirements}:{number}: not a requirement ({err}).") from None
+        exact = [s.version for s in requirement.specifier if s.operator == "=="]
+        if len(exact) == 1:
+            pins[canonicalize_name(requirement.name)] = exact[0]
+    missing = [n for n in names if canonicalize_name(n) not in pins]
     if missing:
         raise UserError(f"{requirements} pins no version of {', '.join(missing)}; the Space needs one.")
-    return {n: pins[norm(n)] for n in names}
+    return {n: pins[canonicalize_name(n)] for n in names}
 
 
 def _examples(dest: Path, redactor: Redactor) -> list[str]:
@@ -413,19 +424,27 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
+# What huggingface_hub's own http_backoff retries (its defaults in huggingface_hub.utils._http): timeouts,
+# network errors and dropped connections; 408, 429 and 5xx answers. Anything else is a refusal.
+TRANSIENT_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
 def _transient(err: Exception) -> bool:
-    """A failure worth retrying: the network, a rate limit or a server error; not a refusal (401/403/404)."""
+    """A failure worth retrying, by http_backoff's rules; not a refusal (401/403/404) or a bad request."""
     if isinstance(err, HfHubHTTPError):
-        status = err.response.status_code if err.response is not None else None
-        return status is None or status == 429 or status >= 500
-    return True
+        return err.response is None or err.response.status_code in TRANSIENT_STATUS
+    return isinstance(err, TRANSIENT_ERRORS)
 
 
 def with_retries(what: str, call: Callable[[], T], tries: int = UPLOAD_TRIES) -> T:
     """``call()``, tried up to ``tries`` times with exponential backoff on transient failures.
 
-    A small loop rather than a library (tenacity is not a dependency): huggingface_hub already retries
-    single HTTP requests; this repeats the whole create_repo/commit when the Hub fails it."""
+    huggingface_hub 2.4 retries single HTTP requests (``http_backoff``), but only inside an upload's
+    preupload and file transfers: ``create_repo`` and the commit POST that ``upload_folder`` ends with
+    are sent once (only ``upload_large_folder`` retries its commits, and it splits a folder into several
+    commits and writes state into it). So this repeats the whole call, on the failures http_backoff
+    counts as transient."""
     for attempt in range(1, tries + 1):
         try:
             return call()
