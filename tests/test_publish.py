@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from dataclasses import fields
 from pathlib import Path
 from unittest.mock import create_autospec
@@ -457,3 +458,256 @@ def test_train_push_to_hub_checks_first_and_publishes_after(
     monkeypatch.setattr(publish, "get_token", lambda: None)
     assert train_main()([*argv[:3], str(tmp_path / "out2"), *argv[4:]]) == 1
     assert not (tmp_path / "out2").exists()
+
+
+# --- Nothing local or secret is published (issue 16, case 4) ------------------------------------------
+
+
+PLANTED = {
+    "HF_TOKEN": "hf_plantedHF0123456789abcdefTOKEN",
+    "WANDB_API_KEY": "plantedWANDB0123456789abcdefKEY",
+}
+
+
+def _hits(folder: Path, needles: list[str]) -> list[str]:
+    """``file: needle`` for every file under ``folder`` (read as bytes) holding a needle."""
+    return [
+        f"{p.relative_to(folder)}: {n}"
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+        for n in needles
+        if n.encode() in p.read_bytes()
+    ]
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def _plant_paths(run_dir: Path) -> Path:
+    """Fill results.json with every kind of path a real data report holds, under the run's own folders;
+    return the data folder."""
+    results = _results(run_dir)
+    data, out = Path(results["config"]["data_dir"]), Path(results["config"]["output_dir"])
+    report = results["data_report"]
+    report["bad_files"] = [{"path": str(data / "beta" / "broken.jpg"), "reason": "cannot identify image"}]
+    report["skipped_files"] = [str(data / "alpha" / "notes.txt")]
+    report["label_conflicts"] = [[str(data / "alpha" / "alpha0.jpg"), str(data / "beta" / "beta3.jpg")]]
+    members = [str(data / "gamma" / f"gamma{i}.jpg") for i in (1, 2)]
+    report["groups"] = [{"group": 0, "size": 2, "split": "train", "paths": members}]
+    report["warnings"] = [f"1 file(s) were skipped (e.g. {data / 'alpha' / 'notes.txt'}); see skipped_files."]
+    results["config"]["resume_from_checkpoint"] = str(out / "checkpoints" / "step-4")
+    results["a_field_added_later"] = {"log": str(out / "later.log")}  # no rule knows this key
+    _write_results(run_dir, results)
+    return data
+
+
+def test_published_files_hold_no_local_path_or_secret(
+    run_dir: Path, trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in PLANTED.items():
+        monkeypatch.setenv(name, value)
+    data = _plant_paths(run_dir)
+    built = publish.publish(PublishArgs(str(run_dir), "alice/trashnet", "alice/demo", dry_run=True))
+
+    # The session's training run sits under its own temporary folder; this copy under tmp_path.
+    local = {str(trained_run.parent), str(trained_run.parent.resolve()), str(run_dir), str(Path.home())}
+    assert not _hits(run_dir / "publish", [*local, *PLANTED.values()])
+    published = json.loads((built.model / "results.json").read_text())
+    assert not [s for s in _strings(published) if s.startswith("/")]
+    # Paths are kept relative to the data folder, folders by name only: nothing was simply dropped.
+    config, report = published["config"], published["data_report"]
+    assert (config["data_dir"], config["output_dir"], report["source"]) == ("data", "out", "data")
+    assert config["resume_from_checkpoint"] == "step-4"  # a folder the config names: by its name
+    assert report["bad_files"] == [{"path": "beta/broken.jpg", "reason": "cannot identify image"}]
+    assert report["skipped_files"] == ["alpha/notes.txt"]
+    assert report["label_conflicts"] == [["alpha/alpha0.jpg", "beta/beta3.jpg"]]
+    assert report["groups"][0]["paths"] == ["gamma/gamma1.jpg", "gamma/gamma2.jpg"]
+    assert report["warnings"] == ["1 file(s) were skipped (e.g. alpha/notes.txt); see skipped_files."]
+    assert published["a_field_added_later"] == {"log": "later.log"}
+    assert published["metrics"] == _results(run_dir)["metrics"]
+    assert data.name == "data"
+    assert "`alpha/alpha0.jpg` = `beta/beta3.jpg`" in (built.model / "README.md").read_text()
+
+
+def test_a_path_or_secret_that_cannot_be_made_relative_is_refused(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = PublishArgs(str(run_dir), "alice/trashnet", "alice/demo", dry_run=True)
+    publish.publish(args)
+    before = _snapshot(run_dir / "publish")
+    results = _results(run_dir)
+    results["data_report"]["new_field"] = [{"file": "/opt/elsewhere/photo.jpg"}]
+    _write_results(run_dir, results)
+    refused = (
+        r"model/results\.json: data_report\.new_field\[0\]\.file would publish the absolute path "
+        r"/opt/elsewhere/photo\.jpg; nothing was published"
+    )
+    with pytest.raises(UserError, match=refused):
+        publish.publish(args)
+    assert _snapshot(run_dir / "publish") == before  # the previous build stands
+    assert not list(run_dir.glob(".publish-*"))
+
+    monkeypatch.setenv("HF_TOKEN", PLANTED["HF_TOKEN"])
+    results["data_report"]["new_field"] = []
+    results["config"]["run_name"] = f"run {PLANTED['HF_TOKEN']}"
+    _write_results(run_dir, results)
+    capsys.readouterr()
+    assert publish.main([str(run_dir), "--model-repo", "alice/trashnet", "--dry-run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "config.run_name would publish the value of $HF_TOKEN" in err and len(err.splitlines()) == 1
+    assert PLANTED["HF_TOKEN"] not in err
+    assert _snapshot(run_dir / "publish") == before
+
+
+@pytest.mark.slow  # trains a tiny model
+def test_a_real_run_under_a_secret_path_publishes_none_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data, extra data, output and cache folders all under one unique folder, the tokens set while
+    training and publishing: no published file, binary or text, holds the folder or a token."""
+    from tests.conftest import make_learnable_folder, photo
+    from trashnet_hf.config import TrainConfig
+    from trashnet_hf.training import train
+
+    for name, value in PLANTED.items():
+        monkeypatch.setenv(name, value)
+    secret = tmp_path / f"zz-secret-path-{uuid.uuid4().hex}"
+    data = make_learnable_folder(secret / "data", per_class=10)
+    (data / "alpha" / "notes.txt").write_text("not an image")  # skipped, with a warning
+    (data / "beta" / "broken.jpg").write_bytes(b"not a jpeg")  # a bad file
+    shutil.copy(data / "alpha" / "alpha0.jpg", data / "beta" / "copy_of_alpha0.jpg")  # a label conflict
+    shutil.copy(data / "gamma" / "gamma1.jpg", data / "gamma" / "gamma1_again.jpg")  # a group
+    (secret / "extra" / "alpha").mkdir(parents=True)
+    photo(777, (64, 48)).save(secret / "extra" / "alpha" / "new.jpg")
+    cfg = TrainConfig(
+        data_dir=str(data), extra_data_dir=str(secret / "extra"), output_dir=str(secret / "out"),
+        cache_dir=str(secret / "cache"), model_name="test_resnet", pretrained=False, image_size=32, epochs=1,
+        batch_size=8, eval_batch_size=16, warmup_ratio=0.0, patience=0, report_to="none",
+    )  # fmt: skip
+    assert train(cfg).status == "completed"
+    raw = (secret / "out" / "results.json").read_text()
+    assert raw.count(str(secret)) >= 8  # the run really records its paths: bad, skipped, conflicts, ...
+
+    publish.publish(PublishArgs(str(secret / "out"), "alice/trashnet", "alice/demo", dry_run=True))
+    assert not _hits(secret / "out" / "publish", [secret.name, *PLANTED.values()])
+    report = json.loads((secret / "out" / "publish" / "model" / "results.json").read_text())["data_report"]
+    assert report["skipped_files"] == ["alpha/notes.txt"] and report["extra_data"]["dir"] == "extra"
+    assert report["bad_files"][0]["path"] == "beta/broken.jpg"
+    assert sorted(report["label_conflicts"][0]) == ["alpha/alpha0.jpg", "beta/copy_of_alpha0.jpg"]
+
+
+# --- Publish builds aside and swaps in (issue 16, cases 5d, 5e and 7d) --------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_files_a_user_put_under_pycache_are_refused_never_deleted(run_dir: Path) -> None:
+    args = PublishArgs(str(run_dir), "alice/trashnet", "alice/demo", dry_run=True)
+    space = publish.publish(args).space
+    # Byte code Python wrote for a module of the build (running app.py there): regenerated, so replaced.
+    (space / "__pycache__").mkdir()
+    (space / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"byte code")
+    publish.publish(args)
+    assert not (space / "__pycache__").exists()
+
+    mine = space / "trashnet_hf" / "__pycache__" / "notes.txt"
+    mine.parent.mkdir()
+    mine.write_text("my notes")
+    (mine.parent / "elsewhere.cpython-311.pyc").write_bytes(b"not from a module of the build")
+    with pytest.raises(
+        UserError,
+        match=r"2 file\(s\) added or edited since the last build \(space/trashnet_hf/__pycache__/"
+        r"elsewhere\.cpython-311\.pyc, space/trashnet_hf/__pycache__/notes\.txt\)",
+    ):
+        publish.publish(args)
+    assert mine.read_text() == "my notes" and (mine.parent / "elsewhere.cpython-311.pyc").is_file()
+
+
+def test_a_build_that_fails_halfway_leaves_the_previous_one(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = PublishArgs(str(run_dir), "alice/trashnet", "alice/demo", dry_run=True)
+    publish.publish(args)
+    before = _snapshot(run_dir / "publish")
+    results = _results(run_dir)
+    results["config"]["seed"] = 7  # so that the next build differs from the previous one
+    _write_results(run_dir, results)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(publish, "_examples", disk_full)  # the model folder is built by then
+    with pytest.raises(OSError, match="No space left"):
+        publish.publish(args)
+    assert _snapshot(run_dir / "publish") == before
+    assert not list(run_dir.glob(".publish-*"))  # the half-built folder is gone
+
+    monkeypatch.undo()
+    built = publish.publish(args)  # and the next run works
+    assert json.loads((built.model / "results.json").read_text())["config"]["seed"] == 7
+    assert (built.space / "examples" / "CREDITS.md").is_file()
+    assert not list(run_dir.glob(".publish-*"))
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [b"{not json", b"\xff\xfe", b"[]", b"{}", b'{"built_by": "trashnet_hf.publish"}',
+     b'{"built_by": "trashnet_hf.publish", "files": ["model/README.md"]}'],
+)  # fmt: skip
+def test_a_damaged_build_marker_is_one_line(
+    run_dir: Path, marker: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [str(run_dir), "--model-repo", "alice/trashnet", "--dry-run"]
+    assert publish.main(args) == 0
+    path = run_dir / "publish" / publish.MARKER
+    path.write_bytes(marker)
+    before = _snapshot(run_dir / "publish")
+    capsys.readouterr()
+    assert publish.main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{path}: damaged build marker" in err and "delete the folder, then run again" in err
+    assert _snapshot(run_dir / "publish") == before
+
+
+# --- Requirement pins and retries by the libraries' rules (issue 17) ----------------------------------
+
+
+def test_requirement_pins_are_read_with_packaging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(publish, "PROJECT", tmp_path)
+    (tmp_path / "requirements.txt").write_text(
+        "# pins\n--index-url https://example.org/simple\n-r dev.txt\n"
+        "Pillow == 12.3.0  # spaced, and PyPI's spelling\n"
+        "huggingface-hub==2.4.0\n"
+        "numpy>=2,<3\n"
+        "torch==2.14.1+cpu ; sys_platform == 'linux'\n"
+    )
+    assert publish._pins(("pillow", "huggingface_hub", "torch")) == {
+        "pillow": "12.3.0", "huggingface_hub": "2.4.0", "torch": "2.14.1+cpu",
+    }  # fmt: skip
+    with pytest.raises(UserError, match=r"pins no version of numpy"):  # a range is not a pin
+        publish._pins(("numpy",))
+    (tmp_path / "requirements.txt").write_text("pillow==12.3.0\nnot a requirement ==\n")
+    with pytest.raises(UserError, match=r"requirements\.txt:2: not a requirement"):
+        publish._pins(("pillow",))
+
+
+def test_retries_follow_huggingface_hub_backoff_rules(run_dir: Path, api, can_push) -> None:
+    from huggingface_hub.utils import _http
+
+    assert set(_http._DEFAULT_RETRY_ON_STATUS_CODES) == publish.TRANSIENT_STATUS
+    assert set(publish.TRANSIENT_ERRORS) == set(_http._DEFAULT_RETRY_ON_EXCEPTIONS)
+    api.upload_folder.side_effect = [_http_error(408), None]  # a timeout answer: tried again
+    publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)
+    assert api.upload_folder.call_count == 2
+    api.upload_folder.reset_mock()
+    api.upload_folder.side_effect = httpx2.UnsupportedProtocol("Request URL has an unsupported protocol")
+    with pytest.raises(UserError, match="after 1 attempt"):  # a misconfiguration, not a hiccup
+        publish.publish(PublishArgs(str(run_dir), "alice/trashnet"), api)

@@ -7,8 +7,13 @@ Gradio Space (the demo, self-contained).
 
 Both folders are built under OUT/publish/ (model/ and space/) first, then each is uploaded in one
 commit after ``create_repo(exist_ok=True)``. --dry-run stops after the build: the offline twin of a push.
-The token comes from HF_TOKEN or the saved login (``hf auth login``); this code only checks that one
-exists and never reads, logs or writes it. With hub.py, the only module that talks to the Hub.
+The build happens in a hidden sibling folder and replaces OUT/publish only once it is complete, so a
+failure leaves the previous build as it was; a previous build is replaced only if nobody added or edited
+a file in it. No published file holds a local path or a secret (``redact``: paths become relative to
+the run's folders, and every file is checked as bytes before the swap).
+The token comes from HF_TOKEN or the saved login (``hf auth login``); this code checks that one exists
+and, to keep it out of the files, compares them against it; it never logs or writes it. With hub.py,
+the only module that talks to the Hub.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,11 +36,14 @@ from typing import TYPE_CHECKING, TypeVar
 import httpx2
 from huggingface_hub import HfApi, SpaceCard, SpaceCardData, get_token
 from huggingface_hub.errors import HfHubHTTPError
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 import trashnet_hf
 from trashnet_hf import SAMPLE_DIR, cli, example_photo, hub
-from trashnet_hf.card import render_card
+from trashnet_hf.card import read_run, render_card
 from trashnet_hf.errors import ConfigError, UserError
+from trashnet_hf.redact import Redactor
 
 if TYPE_CHECKING:  # config.py imports timm (torch); the Space workflow builds without them
     from trashnet_hf.config import TrainConfig
@@ -43,8 +53,9 @@ logger = logging.getLogger(__name__)
 PACKAGE = Path(trashnet_hf.__file__).resolve().parent
 PROJECT = PACKAGE.parent  # a checkout: app.py and requirements.txt sit beside the package
 # Marks OUT/publish as this module's build, with the SHA-256 of every file it wrote: a rebuild replaces
-# the folder only when nothing in it was added or edited since (see claim_publish_dir).
+# the folder only when nothing in it was added or edited since (see check_previous_build).
 MARKER = ".trashnet-hf-build.json"
+BUILT_BY = "trashnet_hf.publish"
 MODEL_FILES = ("config.json", "model.safetensors")
 RUN_FILES = ("results.json", "confusion_matrix.png", "curves.png", "reliability.png")
 # What the Space installs: the app's runtime imports, pinned to requirements.txt (tests/test_publish.py
@@ -65,6 +76,8 @@ NO_TOKEN = (
     "or build the folders offline with `python -m trashnet_hf.publish OUT --model-repo USER/NAME --dry-run` "
     "and push later."
 )
+# pip's comment rule: "#" at the start of a line or after whitespace (a URL may hold "#egg=").
+COMMENT = re.compile(r"(^|\s+)#.*$")
 UPLOAD_TRIES = 3
 BACKOFF_S = 2.0  # then 4 s: a few tries ride out a Hub hiccup, not an outage
 
@@ -140,82 +153,158 @@ class Built:
 # --- Build ------------------------------------------------------------------------------------------
 
 
+def _entries(folder: Path) -> dict[str, Path]:
+    """Every file (and symlink) under ``folder`` by relative path, without following links."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*filenames, *(d for d in dirnames if Path(dirpath, d).is_symlink())]:
+            path = Path(dirpath, name)
+            found[path.relative_to(folder).as_posix()] = path
+    return found
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _digests(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` by relative path, without the marker and byte-code caches
-    (importing the Space's app.py writes them; they are never uploaded)."""
-    digests = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_file() and rel != MARKER and "__pycache__" not in path.parts:
-            with path.open("rb") as f:
-                digests[rel] = hashlib.file_digest(f, "sha256").hexdigest()
-    return digests
+    """SHA-256 of every file under ``folder`` by relative path, without the marker."""
+    return {rel: _sha256(path) for rel, path in sorted(_entries(folder).items()) if rel != MARKER}
 
 
-def claim_publish_dir(publish: Path) -> None:
-    """Empty ``publish`` for a new build. An existing folder is replaced only when it is this module's
-    previous build, unchanged: it holds the marker and every file in it has the digest the marker
-    recorded. Anything else (no marker, a file added or edited by hand) is refused, naming it."""
+def _recorded(marker: Path) -> dict[str, str]:
+    """The files (relative path: SHA-256) the build that wrote ``marker`` made; UserError if damaged."""
+    try:
+        saved = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"unreadable: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    else:
+        files = saved.get("files") if isinstance(saved, dict) else None
+        if (
+            isinstance(saved, dict)
+            and saved.get("built_by") == BUILT_BY
+            and isinstance(files, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+        ):
+            return files
+        problem = f"not a record of files by {BUILT_BY} (it needs 'built_by' and 'files')"
+    raise UserError(
+        f"{marker}: damaged build marker ({problem}); without it the files a build wrote cannot be told from "
+        f"yours, so nothing in {marker.parent} is replaced: move anything you want to keep out of it, "
+        "delete the folder, then run again."
+    )
+
+
+def _derived(rel: str, recorded: dict[str, str]) -> bool:
+    """Whether ``rel`` is byte code Python compiled from a module the build wrote
+    (``dir/__pycache__/app.cpython-311.pyc`` for ``dir/app.py``): regenerated, and stale after a rebuild."""
+    parts = rel.split("/")
+    if len(parts) < 2 or parts[-2] != "__pycache__" or not parts[-1].endswith(".pyc"):
+        return False
+    return "/".join([*parts[:-2], parts[-1].split(".")[0] + ".py"]) in recorded
+
+
+def check_previous_build(publish: Path) -> None:
+    """UserError unless ``publish`` is absent or this module's previous build, unchanged: it holds a valid
+    marker, every file in it is one the marker records (or byte code compiled from one) with the digest it
+    recorded. Anything else, a user's file under __pycache__/ included, is refused, naming it."""
     if not publish.exists():
         return
     marker = publish / MARKER
-    if not marker.is_file():
+    if not publish.is_dir() or not marker.is_file():
         raise UserError(
-            f"{publish} exists but was not built by trashnet_hf.publish (no {MARKER}); move it away or "
-            "delete it, then run again."
+            f"{publish} exists but was not built by {BUILT_BY} (no {MARKER}); move it away or delete it, "
+            "then run again."
         )
-    recorded = json.loads(marker.read_text())["files"]
-    changed = [rel for rel, digest in _digests(publish).items() if recorded.get(rel) != digest]
+    recorded = _recorded(marker)
+    changed = [
+        rel
+        for rel, path in sorted(_entries(publish).items())
+        if rel != MARKER
+        and not _derived(rel, recorded)
+        and (rel not in recorded or path.is_symlink() or _sha256(path) != recorded[rel])
+    ]
     if changed:
         shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
         raise UserError(
             f"{publish}: {len(changed)} file(s) added or edited since the last build ({shown}); nothing is "
             "overwritten: move them (or the folder) away, then run again."
         )
-    logger.info("Replacing the previous build in %s (unchanged since it was built)", publish)
-    shutil.rmtree(publish)
 
 
-def build_model_folder(out: Path, dest: Path, model_id: str) -> Path:
-    """The model repo: weights, config, the card as README.md, the plots and results.json."""
+def _swap_in(staging: Path, publish: Path) -> None:
+    """Replace ``publish`` by the complete build in ``staging``: the old folder is renamed away, the new
+    one renamed in, then the old one removed; a failure leaves the previous build where it was."""
+    old = None
+    if publish.exists():
+        check_previous_build(publish)  # again: nothing added while this build ran is lost
+        old = publish.with_name(f".publish-old-{uuid.uuid4().hex[:12]}")
+        publish.rename(old)
+        logger.info("Replacing the previous build in %s (unchanged since it was built)", publish)
+    try:
+        staging.rename(publish)
+    except OSError as err:
+        if old is not None:
+            old.rename(publish)
+        raise UserError(
+            f"Cannot move the new build into {publish} ({err}); the previous one is kept."
+        ) from None
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def build_model_folder(out: Path, dest: Path, model_id: str, redactor: Redactor) -> Path:
+    """The model repo: weights, config, the card as README.md, the plots and results.json, with local
+    paths made relative (``redact``)."""
     dest.mkdir(parents=True)
-    for name in MODEL_FILES:
-        shutil.copy2(out / "model" / name, dest / name)
+    shutil.copy2(out / "model" / "model.safetensors", dest / "model.safetensors")
+    redactor.write_json(out / "model" / "config.json", dest / "config.json", "model/config.json")
+    redactor.write_json(out / "results.json", dest / "results.json", "model/results.json")
     for name in RUN_FILES:
-        if (out / name).is_file():
+        if name != "results.json" and (out / name).is_file():
             shutil.copy2(out / name, dest / name)
-    render_card(out, model_id).save(dest / "README.md")
+    redactor.write_text(dest / "README.md", str(render_card(out, model_id)), "model/README.md (the card)")
     return dest
 
 
 def _pins(names: tuple[str, ...]) -> dict[str, str]:
-    """``name==version`` lines of requirements.txt for ``names`` (normalised as pip does)."""
+    """The exact versions requirements.txt pins (``name==version``) for ``names``, read by ``packaging``."""
     requirements = PROJECT / "requirements.txt"
     if not requirements.is_file():
         raise UserError(f"{requirements} not found: build the Space from a checkout of the project.")
-    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
     pins = {}
-    for line in requirements.read_text().splitlines():
-        if match := re.fullmatch(r"\s*([A-Za-z0-9_.-]+)==(\S+)\s*(#.*)?", line):
-            pins[norm(match[1])] = match[2]
-    missing = [n for n in names if norm(n) not in pins]
+    for number, line in enumerate(requirements.read_text().splitlines(), 1):
+        spec = COMMENT.sub("", line).strip()
+        if not spec or spec.startswith("-"):  # a comment, or a pip option (-r, --index-url, -e)
+            continue
+        try:
+            requirement = Requirement(spec)
+        except InvalidRequirement as err:
+            raise UserError(f"{requirements}:{number}: not a requirement ({err}).") from None
+        exact = [s.version for s in requirement.specifier if s.operator == "=="]
+        if len(exact) == 1:
+            pins[canonicalize_name(requirement.name)] = exact[0]
+    missing = [n for n in names if canonicalize_name(n) not in pins]
     if missing:
         raise UserError(f"{requirements} pins no version of {', '.join(missing)}; the Space needs one.")
-    return {n: pins[norm(n)] for n in names}
+    return {n: pins[canonicalize_name(n)] for n in names}
 
 
-def _examples(dest: Path) -> list[str]:
+def _examples(dest: Path, redactor: Redactor) -> list[str]:
     """One real TrashNet photo per class from the bundled sample, as examples/<class>.jpg, credited."""
     dest.mkdir()
     classes = sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir())
     for name in classes:
         shutil.copy2(example_photo(name), dest / f"{name}.jpg")
-    (dest / "CREDITS.md").write_text(
+    redactor.write_text(
+        dest / "CREDITS.md",
         "# Example images\n\nOne photo per class from **TrashNet** by Gary Thung and Mindy Yang (Stanford "
         "CS 229, 2016/17), `dataset-resized` form, bytes unchanged: "
         + ", ".join(f"`{c}.jpg` = `{c}/{c}1.jpg`" for c in classes)
         + ".\nUpstream: https://github.com/garythung/trashnet.\n\n"
-        "License: MIT, Copyright (c) 2017 Gary Thung (the `LICENSE` of garythung/trashnet).\n"
+        "License: MIT, Copyright (c) 2017 Gary Thung (the `LICENSE` of garythung/trashnet).\n",
+        "space/examples/CREDITS.md",
     )
     return classes
 
@@ -248,7 +337,7 @@ def _space_readme(model_id: str, space_id: str) -> str:
     return str(SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
-def build_space_folder(dest: Path, model_id: str, space_id: str) -> Path:
+def build_space_folder(dest: Path, model_id: str, space_id: str, redactor: Redactor) -> Path:
     """The Space: app.py, the package it imports, its requirements, README front matter, examples and
     the model id, so it runs from that folder alone."""
     app = PROJECT / "app.py"
@@ -257,37 +346,60 @@ def build_space_folder(dest: Path, model_id: str, space_id: str) -> Path:
     dest.mkdir(parents=True)
     shutil.copy2(app, dest / "app.py")
     # The package is not on PyPI, so the Space carries its code; the sample images stay behind (the
-    # examples below are the few the demo shows).
+    # examples below are the few the demo shows), and so do hidden files (.env, editor state).
     shutil.copytree(
-        PACKAGE, dest / "trashnet_hf", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sample")
+        PACKAGE, dest / "trashnet_hf", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "sample", ".*")
     )
     pins = _pins(SPACE_PACKAGES)
-    (dest / "requirements.txt").write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
-    (dest / "README.md").write_text(_space_readme(model_id, space_id))
-    _examples(dest / "examples")
-    (dest / "model_id.txt").write_text(model_id + "\n")
+    texts = {
+        "requirements.txt": "".join(f"{n}=={v}\n" for n, v in pins.items()),
+        "README.md": _space_readme(model_id, space_id),
+        "model_id.txt": model_id + "\n",
+    }
+    for name, text in texts.items():
+        redactor.write_text(dest / name, text, f"space/{name}")
+    _examples(dest / "examples", redactor)
     return dest
 
 
+def _redactor(args: PublishArgs) -> Redactor:
+    """The redactor for this build: the run's config names its folders (none with --space-only)."""
+    config = {} if args.space_only else read_run(args.output_dir)[0].get("config", {})
+    return Redactor.for_run(config if isinstance(config, dict) else {}, [args.output_dir, PROJECT])
+
+
 def build(args: PublishArgs) -> Built:
-    """Build OUT/publish/model (unless --space-only) and OUT/publish/space (with --space-repo)."""
-    publish = Path(args.output_dir) / "publish"
-    claim_publish_dir(publish)
-    publish.mkdir(parents=True)
-    model = (
-        None
-        if args.space_only
-        else build_model_folder(Path(args.output_dir), publish / "model", args.model_repo)
+    """Build OUT/publish/model (unless --space-only) and OUT/publish/space (with --space-repo).
+
+    The folders are built in a hidden sibling of OUT/publish and swapped in only once complete and
+    checked (``redact``), so a failed build leaves the previous one as it was."""
+    out = Path(args.output_dir)
+    publish = out / "publish"
+    check_previous_build(publish)  # before any work
+    redactor = _redactor(args)
+    out.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkdtemp: its 0700 mode would become the published folder's; mkdir honours the umask.
+    staging = out / f".publish-building-{uuid.uuid4().hex[:12]}"
+    staging.mkdir()
+    try:
+        if not args.space_only:
+            build_model_folder(out, staging / "model", args.model_repo, redactor)
+        if args.space_repo is not None:
+            build_space_folder(staging / "space", args.model_repo, args.space_repo, redactor)
+        redactor.audit(staging)  # every file, as bytes: no local path, no secret
+        (staging / MARKER).write_text(json.dumps({"built_by": BUILT_BY, "files": _digests(staging)}))
+        _swap_in(staging, publish)
+    finally:
+        if staging.exists():  # the build failed: drop it, the previous one is untouched
+            shutil.rmtree(staging)
+    built = Built(
+        None if args.space_only else publish / "model", None if args.space_repo is None else publish / "space"
     )
-    space = None
-    if args.space_repo is not None:
-        space = build_space_folder(publish / "space", args.model_repo, args.space_repo)
-    (publish / MARKER).write_text(json.dumps({"built_by": "trashnet_hf.publish", "files": _digests(publish)}))
-    for folder in (model, space):
+    for folder in (built.model, built.space):
         if folder is not None:
             files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
             logger.info("Built %s (%d files):\n  %s", folder, len(files), "\n  ".join(files))
-    return Built(model, space)
+    return built
 
 
 # --- Push -------------------------------------------------------------------------------------------
@@ -312,19 +424,27 @@ def _reason(err: Exception) -> str:
     return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
 
 
+# What huggingface_hub's own http_backoff retries (its defaults in huggingface_hub.utils._http): timeouts,
+# network errors and dropped connections; 408, 429 and 5xx answers. Anything else is a refusal.
+TRANSIENT_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
 def _transient(err: Exception) -> bool:
-    """A failure worth retrying: the network, a rate limit or a server error; not a refusal (401/403/404)."""
+    """A failure worth retrying, by http_backoff's rules; not a refusal (401/403/404) or a bad request."""
     if isinstance(err, HfHubHTTPError):
-        status = err.response.status_code if err.response is not None else None
-        return status is None or status == 429 or status >= 500
-    return True
+        return err.response is None or err.response.status_code in TRANSIENT_STATUS
+    return isinstance(err, TRANSIENT_ERRORS)
 
 
 def with_retries(what: str, call: Callable[[], T], tries: int = UPLOAD_TRIES) -> T:
     """``call()``, tried up to ``tries`` times with exponential backoff on transient failures.
 
-    A small loop rather than a library (tenacity is not a dependency): huggingface_hub already retries
-    single HTTP requests; this repeats the whole create_repo/commit when the Hub fails it."""
+    huggingface_hub 2.4 retries single HTTP requests (``http_backoff``), but only inside an upload's
+    preupload and file transfers: ``create_repo`` and the commit POST that ``upload_folder`` ends with
+    are sent once (only ``upload_large_folder`` retries its commits, and it splits a folder into several
+    commits and writes state into it). So this repeats the whole call, on the failures http_backoff
+    counts as transient."""
     for attempt in range(1, tries + 1):
         try:
             return call()
