@@ -100,9 +100,11 @@ class EvalArgs:
         },
     )
     eval_batch_size: int = field(default=64, metadata={"help": "Images per device per step."})
-    metrics_file: str | None = field(
-        default=None,
-        metadata={"help": "Write the metrics here as JSON (its folder must exist); default: log them only."},
+    metrics_file: str | None = cli.help_field(
+        "Write the metrics here as JSON (its folder must exist); default: log them only.", default=None
+    )
+    overwrite: bool = cli.help_field(
+        "Replace --metrics-file if it exists (otherwise refused).", default=False
     )
 
     def __post_init__(self) -> None:
@@ -117,14 +119,7 @@ class EvalArgs:
                 "a training run wrote into its --output-dir."
             )
         if self.metrics_file is not None:
-            target = Path(self.metrics_file)
-            if target.is_dir():
-                raise ConfigError(f"--metrics-file: {self.metrics_file!r} is a folder; name a file in it.")
-            if not target.parent.is_dir():
-                raise ConfigError(
-                    f"--metrics-file: folder {str(target.parent)!r} does not exist; create it first or "
-                    "name a file in an existing folder."
-                )
+            cli.check_output("--metrics-file", self.metrics_file, self.overwrite)
 
 
 class ClassNameError(UserError):
