@@ -212,6 +212,25 @@ def test_a_run_manifest_rewritten_after_training_is_refused(
     assert "is not the split its run recorded" in line and str(run / "split_manifest.csv") in line
 
 
+@pytest.mark.parametrize("damage", ["results_json", "manifest_not_text"])
+def test_a_damaged_run_record_or_manifest_is_one_line(
+    damage: str, trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = shutil.copytree(trained["out"], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    argv = ["--model-dir", str(run / "model"), "--data-dir", str(trained["data"]),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    if damage == "results_json":
+        (run / "results.json").write_text('{"config": {')  # a run killed while writing it
+        expected = "results.json is not readable JSON"
+    else:
+        (tmp_path / "m.csv").write_bytes(bytes(range(256)) * 4)
+        argv += ["--split-manifest", str(tmp_path / "m.csv")]
+        expected = "not a split manifest"
+    assert eval_main(argv) == 1
+    assert expected in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_the_data_command_does_not_rewrite_a_runs_record_of_its_split(
     trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
