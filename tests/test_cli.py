@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_learnable_folder
+from trashnet_hf.backbones import BackboneArgs
+from trashnet_hf.backbones import main as backbones_main
 from trashnet_hf.config import ConfigError, DataConfig, TrainConfig
 from trashnet_hf.data.__main__ import main as data_main
 from trashnet_hf.evaluation import EvalArgs
@@ -35,6 +37,7 @@ CLIS: dict[str, tuple[Callable[[], Callable], tuple[type, ...]]] = {
     "train": (train_main, (TrainConfig,)),
     "data": (lambda: data_main, (DataConfig,)),
     "evaluate": (lambda: eval_main, (EvalArgs, DataConfig)),
+    "backbones": (lambda: backbones_main, (BackboneArgs,)),
 }
 
 

@@ -137,6 +137,115 @@ def test_a_manifest_naming_images_the_data_lacks_is_refused(
     assert "1 test image(s) the data does not hold" in error and "elsewhere.jpg" in error
 
 
+# --- A manifest is a property of a run -------------------------------------------------------------------
+
+
+def _foreign_manifest(trained: dict[str, Path], path: Path, trained_on: int) -> tuple[Path, int]:
+    """Another run's manifest: its test split holds ``trained_on`` of this model's train images beside
+    this run's test images. Returns it and the size of its test split."""
+    rows = [dict(r) for r in _manifest_rows(trained)]
+    for row in [r for r in rows if r["split"] == "train"][:trained_on]:
+        row["split"] = "test"
+    return _write_manifest(path, rows), sum(r["split"] == "test" for r in rows)
+
+
+def test_another_runs_manifest_is_refused_naming_the_count_before_any_work(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest, n_test = _foreign_manifest(trained, tmp_path / "other_run.csv", trained_on=5)
+    metrics_file, cache = tmp_path / "m.json", tmp_path / "cache"
+    argv = ["--model-dir", str(trained["model"]), "--data-dir", str(trained["data"]), "--cache-dir",
+            str(cache), "--split-manifest", str(manifest), "--metrics-file", str(metrics_file)]  # fmt: skip
+    assert eval_main(argv) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"5 of its {n_test} test images" in line and "5 in its train split" in line
+    assert str(trained["out"] / "split_manifest.csv") in line  # the way out: the run's own manifest
+    assert not metrics_file.exists() and not cache.exists()  # refused before the data was prepared
+
+
+def test_a_split_made_again_with_other_flags_that_holds_trained_images_is_refused(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Another --seed deals the groups again: some of the model's train images land in "test".
+    metrics_file = tmp_path / "m.json"
+    assert _evaluate(trained, tmp_path, "--seed", "7", "--metrics-file", str(metrics_file)) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "the test split made from the data flags" in line and "in its train split" in line
+    assert not metrics_file.exists()
+
+
+def test_a_model_without_its_run_says_it_carries_no_record_of_its_split(
+    trained: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A model folder on its own (copied, or downloaded from the Hub): nothing to check against, said so.
+    model_dir = shutil.copytree(trained["model"], tmp_path / "downloaded" / "model")
+    manifest, _ = _foreign_manifest(trained, tmp_path / "other_run.csv", trained_on=5)
+    argv = ["--model-dir", str(model_dir), "--data-dir", str(trained["data"]),
+            "--cache-dir", str(trained["cache"]), "--split-manifest", str(manifest)]  # fmt: skip
+    with caplog.at_level("WARNING", logger="trashnet_hf.evaluation"):
+        assert eval_main(argv) == 0
+    assert any("carries no record of the split it was trained on" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("fingerprint", [True, False])
+def test_a_run_manifest_rewritten_after_training_is_refused(
+    fingerprint: bool, trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run's split_manifest.csv is checked against the split fingerprint the run recorded; a run
+    from before the fingerprint (``fingerprint=False``) is checked by its per-class split counts."""
+    run = shutil.copytree(trained["out"], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    if not fingerprint:
+        results = json.loads((run / "results.json").read_text())
+        del results["data_report"]["split_fingerprint"]
+        (run / "results.json").write_text(json.dumps(results))
+    rows = _manifest_rows(trained)
+    train_row = next(r for r in rows if r["split"] == "train")
+    test_row = next(r for r in rows if r["split"] == "test" and r["label"] == train_row["label"])
+    train_row["split"] = "test"  # a split that is not the one the model was trained on
+    if fingerprint:  # a swap within a class: the same counts, only the fingerprint tells
+        test_row["split"] = "train"
+    _write_manifest(run / "split_manifest.csv", rows)
+    argv = ["--model-dir", str(run / "model"), "--data-dir", str(trained["data"]),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert eval_main(argv) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "is not the split its run recorded" in line and str(run / "split_manifest.csv") in line
+
+
+@pytest.mark.parametrize("damage", ["results_json", "manifest_not_text"])
+def test_a_damaged_run_record_or_manifest_is_one_line(
+    damage: str, trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = shutil.copytree(trained["out"], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    argv = ["--model-dir", str(run / "model"), "--data-dir", str(trained["data"]),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    if damage == "results_json":
+        (run / "results.json").write_text('{"config": {')  # a run killed while writing it
+        expected = "results.json is not readable JSON"
+    else:
+        (tmp_path / "m.csv").write_bytes(bytes(range(256)) * 4)
+        argv += ["--split-manifest", str(tmp_path / "m.csv")]
+        expected = "not a split manifest"
+    assert eval_main(argv) == 1
+    assert expected in _one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_data_command_does_not_rewrite_a_runs_record_of_its_split(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trashnet_hf.data.__main__ import main as data_main
+
+    run = shutil.copytree(trained["out"], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    before = (run / "split_manifest.csv").read_bytes()
+    argv = ["--data-dir", str(trained["data"]), "--output-dir", str(run), "--seed", "7",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert data_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds a training run" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert (run / "split_manifest.csv").read_bytes() == before
+
+
 def test_a_model_with_its_classes_in_another_order_scores_the_same(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,8 @@ def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
         ("trashnet_hf.model", "trashnet_hf.data"),
         ("trashnet_hf.model", "trashnet_hf.training"),
         ("trashnet_hf.evaluation", "trashnet_hf.training"),
+        ("trashnet_hf.predict", "trashnet_hf.data"),  # it lists folders with trashnet_hf.files
+        ("trashnet_hf.files", "trashnet_hf.data"),
     ],
 )
 def test_no_import_points_upward(module: str, must_not_load: str) -> None:
@@ -69,3 +74,13 @@ def test_the_checker_sees_real_imports() -> None:
     # Control: training does load data and model; a checker that found nothing would pass vacuously.
     loaded = _reaches(_project_imports(), "trashnet_hf.training")
     assert {"trashnet_hf.data", "trashnet_hf.model", "trashnet_hf.preprocessing"} <= loaded
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and transformers: seconds
+def test_predict_loads_no_data_stack_in_a_fresh_interpreter() -> None:
+    # The AST check above sees project modules only; this sees third-party ones too.
+    banned = ("datasets", "sklearn", "imagehash", "trashnet_hf.data")
+    code = f"import sys, trashnet_hf.predict; print(sorted(m for m in {banned} if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

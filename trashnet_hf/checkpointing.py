@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import re
@@ -24,6 +23,7 @@ from accelerate import Accelerator, PartialState
 from safetensors import SafetensorError
 
 from trashnet_hf.config import TrainConfig
+from trashnet_hf.data.split import split_fingerprint
 from trashnet_hf.errors import ConfigError, UserError
 
 logger = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ def signature(cfg: TrainConfig, num_processes: int) -> dict[str, Any]:
 
 
 def data_signature(class_names: list[str], manifest: list[dict[str, Any]]) -> dict[str, Any]:
-    rows = sorted(f"{r['path']}|{r['label']}|{r['split']}" for r in manifest)
-    return {"class_names": list(class_names), "split": hashlib.sha256("\n".join(rows).encode()).hexdigest()}
+    return {"class_names": list(class_names), "split": split_fingerprint(manifest)}
 
 
 def _name(key: str) -> str:

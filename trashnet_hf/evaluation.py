@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,8 +26,16 @@ from torch.utils.data import DataLoader
 
 from trashnet_hf import cli
 from trashnet_hf.config import DataConfig
-from trashnet_hf.data import MANIFEST_FILE, REPORT_FILE, PreparedData, prepare_data, read_manifest_split
+from trashnet_hf.data import (
+    MANIFEST_FILE,
+    REPORT_FILE,
+    PreparedData,
+    prepare_data,
+    read_manifest,
+    read_manifest_split,
+)
 from trashnet_hf.data.loader import make_loader
+from trashnet_hf.data.split import SPLITS, split_fingerprint
 from trashnet_hf.data.transforms import EvalTransform
 from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.metrics import compute_metrics
@@ -72,7 +82,7 @@ def predict(
     )
 
 
-SPLIT_NAMES = ("train", "val", "test")
+SPLIT_NAMES = SPLITS
 
 
 @dataclass
@@ -100,9 +110,11 @@ class EvalArgs:
         },
     )
     eval_batch_size: int = field(default=64, metadata={"help": "Images per device per step."})
-    metrics_file: str | None = field(
-        default=None,
-        metadata={"help": "Write the metrics here as JSON (its folder must exist); default: log them only."},
+    metrics_file: str | None = cli.help_field(
+        "Write the metrics here as JSON (its folder must exist); default: log them only.", default=None
+    )
+    overwrite: bool = cli.help_field(
+        "Replace --metrics-file if it exists (otherwise refused).", default=False
     )
 
     def __post_init__(self) -> None:
@@ -117,14 +129,7 @@ class EvalArgs:
                 "a training run wrote into its --output-dir."
             )
         if self.metrics_file is not None:
-            target = Path(self.metrics_file)
-            if target.is_dir():
-                raise ConfigError(f"--metrics-file: {self.metrics_file!r} is a folder; name a file in it.")
-            if not target.parent.is_dir():
-                raise ConfigError(
-                    f"--metrics-file: folder {str(target.parent)!r} does not exist; create it first or "
-                    "name a file in an existing folder."
-                )
+            cli.check_output("--metrics-file", self.metrics_file, self.overwrite)
 
 
 class ClassNameError(UserError):
@@ -212,12 +217,26 @@ SPLIT_FLAGS = ("data_dir", "dataset", "include_originals", "seed", "train_share"
                "hash_size", "hash_threshold", "near_duplicate_threshold")  # fmt: skip
 
 
+class ForeignSplitError(UserError):
+    """The split to evaluate holds images the model's own run put in another split (trained on them)."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not readable JSON ({err}); restore the training run's file.") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not a training run's JSON file (not an object).")
+    return value
+
+
 def _same_split_flags(run_dir: Path, data_cfg: DataConfig) -> bool:
     """Whether the run beside the model split the data these flags name, the same way (its results.json
     config; only the source from its data report when the run did not finish)."""
     results, report = run_dir / "results.json", run_dir / REPORT_FILE
     if results.is_file():
-        config = json.loads(results.read_text())["config"]
+        config = _read_json(results).get("config", {})
         ours = {k: getattr(data_cfg, k) for k in SPLIT_FLAGS}
         if config.get("data_dir") and data_cfg.data_dir:  # the same folder, however it was spelled
             config["data_dir"] = str(Path(config["data_dir"]).resolve())
@@ -225,19 +244,100 @@ def _same_split_flags(run_dir: Path, data_cfg: DataConfig) -> bool:
         return all(config.get(k) == v for k, v in ours.items())
     if not report.is_file():
         return False
-    source = json.loads(report.read_text()).get("source")
+    source = _read_json(report).get("source")
     if data_cfg.data_dir is None:
         return source == f"hf://datasets/{data_cfg.dataset}"
     return source is not None and Path(source).resolve() == Path(data_cfg.data_dir).resolve()
 
 
-def run_split(data: PreparedData, args: EvalArgs, data_cfg: DataConfig, model_dir: Path) -> datasets.Dataset:
+@dataclass
+class RunSplit:
+    """The split the model was trained with: its run's manifest, image (real path) -> split."""
+
+    manifest: Path
+    split_of: dict[str, str]
+
+
+def _split_counts(rows: Sequence[dict[str, str]], class_names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Images per split and class, as the data report's "splits" holds them."""
+    counts = {s: dict.fromkeys(class_names, 0) for s in SPLITS}
+    for r in rows:
+        split = counts.setdefault(r["split"], {})
+        split[r["label"]] = split.get(r["label"], 0) + 1
+    return counts
+
+
+def recorded_split(model_dir: Path) -> RunSplit | None:
+    """The split of the run that trained ``model_dir`` (OUT/model): OUT/split_manifest.csv, checked against
+    the split fingerprint the run recorded (results.json's data report, else data_report.json); None when
+    the folder sits in no training run (a Hub download, a copied model folder)."""
+    run_dir = model_dir.resolve().parent
+    manifest, results = run_dir / MANIFEST_FILE, run_dir / "results.json"
+    recorded_in = results if results.is_file() else run_dir / REPORT_FILE
+    if not (manifest.is_file() and recorded_in.is_file() and (run_dir / "config.json").is_file()):
+        return None
+    report = _read_json(recorded_in)
+    report = report.get("data_report", {}) if recorded_in == results else report
+    rows = read_manifest(manifest)
+    if "split_fingerprint" in report:
+        intact = report["split_fingerprint"] == split_fingerprint(rows)
+    else:  # a run from before the fingerprint: its per-class split counts tell most re-splits apart
+        intact = _split_counts(rows, report.get("class_names", [])) == report.get("splits")
+    if not intact:
+        raise UserError(
+            f"{manifest} is not the split its run recorded in {recorded_in} (rewritten since, e.g. by "
+            "`python -m trashnet_hf.data --output-dir` into the run's folder): which images the model was "
+            "trained on is unknown. Restore the run's split_manifest.csv, or evaluate a model of a run "
+            "whose folder is intact."
+        )
+    return RunSplit(manifest, {os.path.realpath(r["path"]): r["split"] for r in rows})
+
+
+def check_not_trained_on(paths: Sequence[str], split: str, record: RunSplit, source: str, hint: str) -> None:
+    """Refuse a ``split`` whose images the model's run put in another split: scores on images the model
+    was trained (or selected) on are not ``split`` scores. ``source`` names where the split came from."""
+    moved = Counter(
+        record.split_of[real]
+        for real in map(os.path.realpath, paths)
+        if record.split_of.get(real, split) != split
+    )
+    if moved:
+        where = " and ".join(f"{n} in its {s} split" for s, n in sorted(moved.items(), key=lambda kv: -kv[1]))
+        raise ForeignSplitError(
+            f"{source}: {sum(moved.values())} of its {len(paths)} {split} images were not in the {split} "
+            f"split of the model's own run ({where}, per {record.manifest}), so they would be scored as "
+            f"unseen though the model was trained or selected on them. {hint}"
+        )
+
+
+def model_split(args: EvalArgs, model_dir: Path) -> RunSplit | None:
+    """The split the model was trained with, if its folder records it; a ``--split-manifest`` that would
+    score images the model was trained on is refused here, before any data work."""
+    record = recorded_split(model_dir)
+    if record is None:
+        logging.getLogger(__name__).warning(
+            "%s carries no record of the split it was trained on (it is not the model/ folder of a "
+            "training run): nothing can show that the %s images scored here were not trained on.",
+            model_dir,
+            args.split,
+        )
+    elif args.split_manifest is not None:
+        paths = [r["path"] for r in read_manifest(args.split_manifest) if r["split"] == args.split]
+        hint = f"Pass the run's own --split-manifest {record.manifest}, or leave the flag out."
+        check_not_trained_on(paths, args.split, record, f"--split-manifest {args.split_manifest}", hint)
+    return record
+
+
+def run_split(
+    data: PreparedData, args: EvalArgs, data_cfg: DataConfig, record: RunSplit | None
+) -> datasets.Dataset:
     """``--split`` as the training run made it (its manifest), or made again from the data flags when
-    no manifest is given and the model's run read other data."""
-    log, run_dir = logging.getLogger(__name__), model_dir.resolve().parent
+    no manifest is given and the model's run read other data (refused if it holds images the run put in
+    another split)."""
+    log = logging.getLogger(__name__)
     manifest = args.split_manifest
-    if manifest is None and (run_dir / MANIFEST_FILE).is_file() and _same_split_flags(run_dir, data_cfg):
-        manifest = run_dir / MANIFEST_FILE
+    if manifest is None and record is not None and _same_split_flags(record.manifest.parent, data_cfg):
+        manifest = record.manifest
     if manifest is not None:
         log.info("Taking the %s split from %s", args.split, manifest)
         return read_manifest_split(data, manifest, args.split)
@@ -246,7 +346,12 @@ def run_split(data: PreparedData, args: EvalArgs, data_cfg: DataConfig, model_di
         "model's run read other data or split it with other flags).",
         args.split,
     )
-    return data.splits[args.split]
+    split = data.splits[args.split]
+    if record is not None:
+        source = f"the {args.split} split made from the data flags"
+        hint = f"Pass the data flags the run was trained with, or --split-manifest {record.manifest}."
+        check_not_trained_on(split["path"], args.split, record, source, hint)
+    return split
 
 
 def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
@@ -262,6 +367,7 @@ def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
         )
     # The model first: a broken --model-dir is reported before the data is prepared.
     model = load_model(model_dir)
+    record = model_split(args, model_dir)
     model_names = model_class_names(model)
     pre = preprocessing_of(model)
     # The stored image size must be the one the model was trained with: take it from the model.
@@ -273,7 +379,7 @@ def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
         data = prepare_data(data_cfg, pre)
     # Labels are matched by name: the data's label ids index its own (sorted folder) class list.
     mapping = label_mapping(data.class_names, model_names, data_cfg.data_dir)
-    split = run_split(data, args, data_cfg, model_dir)
+    split = run_split(data, args, data_cfg, record)
     if len(split) == 0:
         raise UserError(
             f"--split {args.split} holds no images (--{args.split}-share "

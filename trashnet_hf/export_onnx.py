@@ -51,6 +51,28 @@ logger = logging.getLogger(__name__)
 ONNX_INT8_KEY = "trashnet_hf.int8"  # metadata of the int8 file: its accuracy check, as JSON
 
 
+DEFAULT_OPSET = 17
+
+
+def opset_range() -> tuple[int, int]:
+    """The opsets the installed TorchScript exporter writes (torch 2.x: 7 to 20), capped at what the
+    installed onnx package knows."""
+    from torch.onnx import _constants  # private, but the exporter's own bounds; stable through torch 2.x
+
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("the ONNX export needs the onnx extra: pip install 'trashnet-hf[onnx]'.") from None
+
+    low = getattr(_constants, "ONNX_MIN_OPSET", 7)
+    high = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", DEFAULT_OPSET)
+    return low, min(high, onnx.defs.onnx_opset_version())
+
+
+def _same_file(a: str, b: str | None) -> bool:
+    return b is not None and Path(a).resolve() == Path(b).resolve()
+
+
 @dataclass
 class ExportArgs:
     """Flags of ``python -m trashnet_hf.export_onnx``."""
@@ -62,7 +84,10 @@ class ExportArgs:
     overwrite: bool = cli.help_field(
         "Replace the output files if they exist (otherwise refused).", default=False
     )
-    opset: int = cli.help_field("ONNX opset version.", default=17)
+    opset: int = cli.help_field(
+        "ONNX opset version, within the range the installed exporter writes (torch 2.x: 7 to 20).",
+        default=DEFAULT_OPSET,
+    )
     parity_images: int = cli.help_field(
         "Photos the parity check runs on: the run's test photos (split_manifest.csv beside the model "
         "folder), else the sample photos shipped in trashnet_hf/sample.",
@@ -104,15 +129,17 @@ class ExportArgs:
             raise ConfigError("--tolerance must be above 0 and --max-accuracy-drop at least 0.")
         if self.int8 and self.int8_output is None:
             self.int8_output = str(Path(self.output).with_suffix(".int8.onnx"))
+        self._check_opset()
         outputs = [("--output", self.output)] + ([("--int8-output", self.int8_output)] if self.int8 else [])
         for flag, value in outputs:
-            target = Path(value)
-            if target.suffix != ".onnx":
+            if Path(value).suffix != ".onnx":
                 raise ConfigError(f"{flag} {value!r} must end in .onnx.")
-            if not target.parent.is_dir():
-                raise ConfigError(f"{flag}: folder {str(target.parent)!r} does not exist; create it first.")
-            if target.exists() and not self.overwrite:
-                raise ConfigError(f"{flag} {value!r} exists; pass --overwrite to replace it.")
+            cli.check_output(flag, value, self.overwrite)
+        if self.int8 and _same_file(self.output, self.int8_output):
+            raise ConfigError(
+                f"--int8-output {self.int8_output!r} is --output: the int8 model would replace the float "
+                "one; name another file (default: OUTPUT with .int8.onnx)."
+            )
         for flag, value in (("--calibration-dir", self.calibration_dir), ("--test-dir", self.test_dir)):
             if value is not None and not Path(value).is_dir():
                 raise ConfigError(f"{flag} {value!r} is not a folder.")
@@ -120,6 +147,14 @@ class ExportArgs:
             raise ConfigError(
                 f"--int8 needs validation and test photos: {self.model_dir!r} has no {MANIFEST_FILE} "
                 "beside it (it is not a training run's model/ folder); pass --calibration-dir and --test-dir."
+            )
+
+    def _check_opset(self) -> None:
+        low, high = opset_range()
+        if not low <= self.opset <= high:
+            raise ConfigError(
+                f"--opset {self.opset} is outside the range torch's ONNX exporter writes here ({low} to "
+                f"{high}); the default, {DEFAULT_OPSET}, suits onnxruntime."
             )
 
     def manifest(self) -> Path | None:
@@ -183,11 +218,18 @@ def export(
         # The TorchScript exporter is deprecated in favour of torch.export (see the module docstring).
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message="The feature will be removed.*")
-        torch.onnx.export(
-            Logits(model).eval(), (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-            dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
-        )  # fmt: skip
+        try:
+            torch.onnx.export(
+                Logits(model).eval(), (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+            )  # fmt: skip
+        except torch.onnx.errors.OnnxExporterError as err:  # an operator this opset cannot express
+            reason = str(err).split(". ")[0]
+            raise ExportError(
+                f"--opset {opset}: torch cannot export this model at this opset ({reason}); nothing was "
+                f"written. Use a newer opset, such as the default {DEFAULT_OPSET}."
+            ) from None
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)

@@ -10,6 +10,7 @@ unreadable file gets a row with its reason, and the run goes on.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import json
 import logging
@@ -24,10 +25,10 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from trashnet_hf import cli
-from trashnet_hf.data.sources import image_files, is_image_name
+from trashnet_hf import cli, files
 from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.inference import Classifier, ImageError, open_image
 
@@ -62,7 +63,7 @@ class PredictArgs:
     output: str | None = cli.help_field(
         "Write the predictions to this file; default: standard output.", default=None
     )
-    overwrite: bool = cli.help_field("Replace --output if it exists (otherwise refused).", default=False)
+    overwrite: bool = cli.help_field(cli.OVERWRITE_HELP, default=False)
     device: str | None = cli.help_field(
         "Where the model runs: cuda, cuda:1, cpu...; default: the GPU if any.", default=None
     )
@@ -78,21 +79,26 @@ class PredictArgs:
             raise ConfigError(f"--top-k must be at least 1 (or left out for all classes), got {self.top_k}.")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"--num-threads must be at least 1, got {self.num_threads}.")
-        if self.device is not None:
-            try:
-                torch.device(self.device)
-            except RuntimeError as err:
-                raise ConfigError(
-                    f"--device {self.device!r} is not a device name (cpu, cuda, cuda:1)."
-                ) from err
+        cli.check_device("--device", self.device)
         if self.output is not None:
-            target = Path(self.output)
-            if target.is_dir():
-                raise ConfigError(f"--output {self.output!r} is a folder; name a file in it.")
-            if not target.parent.is_dir():
-                raise ConfigError(f"--output: folder {str(target.parent)!r} does not exist; create it first.")
-            if target.exists() and not self.overwrite:
-                raise ConfigError(f"--output {self.output!r} exists; pass --overwrite to replace it.")
+            cli.check_output("--output", self.output, self.overwrite)
+
+
+@functools.cache
+def _image_extensions() -> frozenset[str]:
+    Image.init()  # registers every plugin, so EXTENSION lists all the formats this Pillow opens
+    return frozenset(ext.lower() for ext, fmt in Image.EXTENSION.items() if fmt in Image.OPEN)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether the file name has the extension of a format Pillow opens (``.jpg``, ``.png``, ...)."""
+    return Path(name).suffix.lower() in _image_extensions()
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` at any depth (``files.walk``: symlinks followed without looping,
+    hidden entries skipped, name order); a link that leads nowhere is listed, and its row says why."""
+    return files.walk(folder, is_image_name)[0]
 
 
 def expand_paths(patterns: Sequence[str]) -> list[Path]:

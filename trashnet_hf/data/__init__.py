@@ -26,7 +26,15 @@ from trashnet_hf.data.extra import ExtraImages, extra_fate, read_extra
 from trashnet_hf.data.images import prepare_batch
 from trashnet_hf.data.near_duplicates import Embedder, embed_dataset, embedding_pairs
 from trashnet_hf.data.sources import DataSourceError, Source, read_source
-from trashnet_hf.data.split import SPLITS, SplitResult, hash_pairs, join_pairs, smallest_class, split_groups
+from trashnet_hf.data.split import (
+    SPLITS,
+    SplitResult,
+    hash_pairs,
+    join_pairs,
+    smallest_class,
+    split_fingerprint,
+    split_groups,
+)
 from trashnet_hf.errors import UserError
 from trashnet_hf.preprocessing import Preprocessing
 
@@ -365,6 +373,8 @@ def prepare_data(
         "label_conflicts": [[paths[good[k]] for k in members] for members in result.conflicts],
         "num_kept": len(manifest),
         "splits": splits,
+        # What evaluation checks the run's split_manifest.csv against (it must be the split trained on).
+        "split_fingerprint": split_fingerprint(manifest),
         "preprocessing": pre.to_dict(),
         "hash": {"size": cfg.hash_size, "threshold": cfg.hash_threshold},
         "grouping": grouping,
@@ -407,8 +417,11 @@ def read_manifest(manifest: str | Path) -> list[dict[str, str]]:
     """The rows (path, label, group, split) of a training run's ``split_manifest.csv``; DataError for a
     CSV without those columns."""
     path = Path(manifest)
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: not a split manifest (not readable as CSV: {err}).") from None
     if rows and not {"path", "label", "split"} <= set(rows[0]):
         raise DataError(f"{path}: not a split manifest (columns path, label, group, split expected).")
     return rows

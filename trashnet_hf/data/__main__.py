@@ -5,15 +5,28 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 from trashnet_hf import cli
 from trashnet_hf.config import DataConfig
 from trashnet_hf.data import prepare_data, write_outputs
+from trashnet_hf.errors import ConfigError
 
 logger = logging.getLogger("trashnet_hf.data")
 
 
+# What a training run writes beside its data outputs (checkpointing.RUN_MARKERS; data knows no training).
+TRAINING_OUTPUTS = ("results.json", "model", "checkpoints")
+
+
 def run(cfg: DataConfig) -> int:
+    found = [name for name in TRAINING_OUTPUTS if (Path(cfg.output_dir) / name).exists()]
+    if found:  # there, split_manifest.csv is the record of the split the run's model was trained on
+        raise ConfigError(
+            f"--output-dir {cfg.output_dir} holds a training run ({', '.join(found)}); its "
+            "split_manifest.csv and data_report.json record the split its model was trained on and are "
+            "not replaced. Pass another --output-dir."
+        )
     start = time.perf_counter()
     data = prepare_data(cfg)
     write_outputs(cfg.output_dir, data.report, data.manifest)

@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from trashnet_hf import files
 from trashnet_hf.data.sources import DataSourceError, _from_files, _scandir, _walk, is_image_name
 from trashnet_hf.data.split import join_pairs
 
@@ -42,7 +43,7 @@ def read_extra(folder: str | Path, class_names: Sequence[str]) -> ExtraImages:
     unknown: list[str] = []
     for entry in _scandir(root):
         path = root / entry.name
-        if not entry.is_dir():
+        if not files.is_dir(entry):  # a symlink loop is no folder
             if is_image_name(entry.name):
                 raise DataSourceError(
                     f"--extra-data-dir: {path} sits outside any class folder; move it into {root}/<class>/."
@@ -51,7 +52,7 @@ def read_extra(folder: str | Path, class_names: Sequence[str]) -> ExtraImages:
             continue
         images: list[Path] = []
         others: list[Path] = []
-        _walk(path, frozenset({root.resolve(), path.resolve()}), images, others)
+        _walk(path, frozenset({root.resolve()}), images, others)
         skipped += [str(p) for p in others]
         if entry.name not in class_names:
             if images:

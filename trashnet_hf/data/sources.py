@@ -33,7 +33,7 @@ import datasets
 from datasets.fingerprint import Hasher
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
-from trashnet_hf import hub
+from trashnet_hf import files, hub
 from trashnet_hf.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -71,11 +71,6 @@ def _some(items: Sequence[str], limit: int = 4) -> str:
     items = list(items)
     shown = ", ".join(items[:limit])
     return shown if len(items) <= limit else f"{shown}, ... ({len(items)} in all)"
-
-
-def is_hidden(name: str) -> bool:
-    """Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) and macOS zip debris."""
-    return name.startswith(".") or name == "__MACOSX"
 
 
 def is_image_name(name: str) -> bool:
@@ -153,42 +148,29 @@ class _Folder:
 
 def _scandir(folder: Path) -> list[os.DirEntry[str]]:
     try:
-        with os.scandir(folder) as it:
-            return sorted((e for e in it if not is_hidden(e.name)), key=lambda e: e.name)
-    except OSError as err:
-        raise DataSourceError(f"{folder}: cannot be read ({err.strerror or err}).") from err
+        return files.scandir(folder)
+    except files.FolderError as err:
+        raise DataSourceError(str(err)) from None
 
 
-def _walk(folder: Path, ancestors: frozenset[Path], images: list[Path], others: list[Path]) -> None:
-    """Every file under ``folder`` at any depth, symlinked folders and files followed, hidden ones
-    skipped, in name order: image files (by extension) into ``images``, the rest into ``others``."""
-    for entry in _scandir(folder):
-        path = folder / entry.name
-        if entry.is_dir():  # follows symlinks
-            real = path.resolve()
-            if real not in ancestors:  # a link back up the tree would never end
-                _walk(path, ancestors | {real}, images, others)
-        elif is_image_name(entry.name):  # a broken link too: decoding reports it as a bad file
-            images.append(path)
-        else:
-            others.append(path)
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The image files (by extension) under ``folder`` at any depth, as a class folder is read: symlinks
-    followed without looping, hidden entries skipped, name order; DataSourceError for a folder that cannot
-    be read."""
-    images: list[Path] = []
-    _walk(folder, frozenset({folder.resolve()}), images, [])
-    return images
+def _walk(folder: Path, above: frozenset[Path], images: list[Path], others: list[Path]) -> None:
+    """Every file under ``folder`` at any depth (``files.walk``: symlinks followed without looping, a link
+    that leads nowhere listed as a file, hidden entries skipped, name order): image files (by extension)
+    into ``images`` (a broken link too: decoding reports it as a bad file), the rest into ``others``."""
+    try:
+        found, rest = files.walk(folder, is_image_name, above)
+    except files.FolderError as err:
+        raise DataSourceError(str(err)) from None
+    images += found
+    others += rest
 
 
 def _describe(entries: list[os.DirEntry[str]]) -> str:
     if not entries:
         return "it is empty (hidden files aside)"
-    dirs = [f"{e.name}/" for e in entries if e.is_dir()]
-    files = [e.name for e in entries if not e.is_dir()]
-    return "found " + "; ".join(s for s in (_some(dirs), _some(files)) if s)
+    dirs = [f"{e.name}/" for e in entries if files.is_dir(e)]
+    others = [e.name for e in entries if not files.is_dir(e)]
+    return "found " + "; ".join(s for s in (_some(dirs), _some(others)) if s)
 
 
 def _read_tree(root: Path, cache_dir: str | None) -> Source:
@@ -197,10 +179,10 @@ def _read_tree(root: Path, cache_dir: str | None) -> Source:
     zips, root_images, root_others, folders = [], [], [], []
     for entry in entries:
         path = root / entry.name
-        if entry.is_dir():
+        if files.is_dir(entry):
             images: list[Path] = []
             others: list[Path] = []
-            _walk(path, frozenset({root.resolve(), path.resolve()}), images, others)
+            _walk(path, frozenset({root.resolve()}), images, others)
             folders.append(_Folder(path, images, others))
         elif entry.is_symlink() and not path.exists():
             raise DataSourceError(

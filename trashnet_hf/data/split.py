@@ -13,8 +13,9 @@ Each class draws from its own random stream, keyed by the seed and its name, so 
 
 from __future__ import annotations
 
+import hashlib
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 SPLITS = ("train", "val", "test")
+
+
+def split_fingerprint(manifest: Iterable[Mapping[str, object]]) -> str:
+    """A run's split in one value: the SHA-256 of its manifest rows (path, label, split), in any order.
+    The resume check compares it, and evaluation checks a run's split_manifest.csv against it."""
+    rows = sorted(f"{r['path']}|{r['label']}|{r['split']}" for r in manifest)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 def hash_pairs(hashes: Sequence[str], threshold: int) -> np.ndarray:
