@@ -4,6 +4,7 @@ in the app, where a thin image once took gigabytes on its way to a 32 px crop.""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import os
@@ -128,3 +129,33 @@ def test_predict_on_a_1x300000_png_stays_small(trained_run: Path, tmp_path: Path
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert rows[0]["error"] == f"1x300000 {THIN}"
     assert rows[1]["error"] == "" and rows[1]["label_1"]
+
+
+@pytest.mark.slow
+def test_app_on_a_1x300000_data_url_stays_small(trained_run: Path, tmp_path: Path) -> None:
+    """The app's decode path (a data: URL, as the raw API takes it) on the same image, in a fresh process."""
+    url = "data:image/png;base64," + base64.b64encode(png_bytes((1, 300_000))).decode()
+    code = f"""
+        import gradio as gr
+        import torch
+        from trashnet_hf.app import Demo
+        from trashnet_hf.feedback import FeedbackStore
+        from trashnet_hf.inference import Classifier
+
+        torch.set_num_threads(1)
+        classifier = Classifier.load({str(trained_run / "model")!r}, "cpu")
+        demo = Demo(classifier, "test-model", FeedbackStore({str(tmp_path / "fb")!r}, classifier.labels))
+        try:
+            demo.classify({{"path": None, "url": {url!r}}})
+        except gr.Error as err:
+            print(err.message)
+        else:
+            print("classified")
+    """
+    done, peak = peak_of_child(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert peak < PEAK_LIMIT, f"peak {peak / 2**30:.2f} GB"
+    assert done.stdout.strip() == (
+        "pasted image: 1x300000 pixels is too small to recognise anything; send an image at least 32 pixels "
+        "on each side"
+    )
