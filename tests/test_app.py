@@ -6,8 +6,13 @@ comes from ``Classifier.predict`` on the same file, never from a hard-coded numb
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -16,14 +21,17 @@ import pytest
 from PIL import Image
 
 from tests.conftest import jpeg_bytes, photo
+from trashnet_hf import app
 from trashnet_hf.app import (
     BIN_HINTS,
     EMPTY_VERDICT,
     LOW_CONFIDENCE,
     MAX_BATCH_FILES,
+    NOT_UPLOADED,
     TOP_K,
     Demo,
     example_files,
+    public_model_name,
     resolve_model,
     verdict,
 )
@@ -39,14 +47,27 @@ def classifier(trained_run: Path) -> Classifier:
     return Classifier.load(trained_run / "model", device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Gradio's upload cache for the test (GRADIO_TEMP_DIR): the app reads files from there only."""
+    folder = tmp_path / "gradio-uploads"
+    folder.mkdir()
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def demo(classifier: Classifier, tmp_path: Path) -> Demo:
     return Demo(classifier, "test-model", FeedbackStore(tmp_path / "feedback", classifier.labels))
 
 
 def upload(path: Path) -> dict:
-    """What Gradio hands an event that skips preprocessing: the cached file and its original name."""
-    return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+    """What Gradio hands an event that skips preprocessing: the file copied into its upload cache (as its
+    /upload route does, in a folder of its own) and its original name."""
+    cached = Path(os.environ["GRADIO_TEMP_DIR"]) / uuid.uuid4().hex / path.name
+    cached.parent.mkdir()
+    shutil.copyfile(path, cached)
+    return {"path": str(cached), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
 
 def expected_top(classifier: Classifier, path: Path) -> list[dict]:
@@ -59,11 +80,10 @@ def test_classify_real_photos_gives_the_classifiers_top_scores(
 ) -> None:
     for folder in sorted(p for p in real_data.iterdir() if p.is_dir()):
         path = sorted(folder.glob("*.jpg"))[0]
-        scores, text, last = demo.classify(upload(path))
+        scores, text = demo.classify(upload(path))
         ranked = expected_top(classifier, path)
         assert list(scores) == [r["label"] for r in ranked[:TOP_K]]  # best first, top 3 only
         assert list(scores.values()) == pytest.approx([r["score"] for r in ranked[:TOP_K]], abs=1e-4)
-        assert last == ranked[0]
         assert "Model time:" in text and " ms on CPU" in text
 
 
@@ -77,8 +97,8 @@ def test_verdict_gives_the_bin_and_flags_low_confidence() -> None:
     assert "Not sure" not in verdict([{"label": "metal", "score": LOW_CONFIDENCE}], TRASHNET, 0.0, "cpu")
 
 
-def _write(tmp_path: Path, name: str, make) -> Path:
-    path = tmp_path / name
+def _write(folder: Path, name: str, make) -> Path:
+    path = folder / name
     make(path)
     return path
 
@@ -94,21 +114,21 @@ BAD_UPLOADS = {
 
 @pytest.mark.parametrize("case", list(BAD_UPLOADS))
 def test_bad_upload_is_a_plain_gradio_error(
-    case: str, demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    case: str, demo: Demo, uploads: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     name, make, reason = BAD_UPLOADS[case]
-    path = _write(tmp_path, name, make)
+    path = _write(uploads, name, make)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # so 200x200 is a "bomb" without 200 MB of RAM
     with pytest.raises(gr.Error) as err:
         demo.classify({"path": str(path), "orig_name": f"my {name}"})
     assert reason in err.value.message and f"my {name}" in err.value.message
-    assert str(tmp_path) not in err.value.message  # the temp path means nothing to the user
+    assert str(uploads) not in err.value.message  # the temp path means nothing to the user
 
 
 def test_missing_upload_is_a_plain_gradio_error(demo: Demo) -> None:
     with pytest.raises(gr.Error, match="no image arrived"):
         demo.classify({"path": None, "url": None})
-    assert demo.classify(None) == (None, EMPTY_VERDICT, None)  # the image was cleared: no error
+    assert demo.classify(None) == (None, EMPTY_VERDICT)  # the image was cleared: no error
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "P", "CMYK"])
@@ -117,18 +137,16 @@ def test_other_colour_modes_are_classified(
 ) -> None:
     path = tmp_path / f"img.{'jpg' if mode == 'CMYK' else 'png'}"
     photo(7).convert(mode).save(path)
-    scores, _, last = demo.classify(upload(path))
+    scores, _ = demo.classify(upload(path))
     ranked = expected_top(classifier, path)
-    assert last["label"] == ranked[0]["label"]
+    assert list(scores) == [r["label"] for r in ranked[:TOP_K]]
     assert list(scores.values()) == pytest.approx([r["score"] for r in ranked[:TOP_K]], abs=1e-4)
 
 
 def test_data_url_upload_is_classified(demo: Demo, classifier: Classifier, tmp_path: Path) -> None:
-    import base64
-
     data = jpeg_bytes(photo(3))
     url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
-    scores, _, _ = demo.classify({"path": None, "url": url})
+    scores, _ = demo.classify({"path": None, "url": url})
     assert list(scores) == [r["label"] for r in classifier.predict([open_image(data)])[0][:TOP_K]]
 
 
@@ -164,15 +182,17 @@ def test_feedback_is_an_imagefolder_dataset(demo: Demo, image_folder: Path, tmp_
     import datasets
 
     photos = sorted(image_folder.glob("*/*.jpg"))[:2]
-    demo.record_feedback(upload(photos[0]), "beta", {"label": "alpha", "score": 0.61})
-    message = demo.record_feedback(upload(photos[1]), "gamma", None)
+    demo.record_feedback(upload(photos[0]), "beta")
+    message = demo.record_feedback(upload(photos[1]), "gamma")
     assert "gamma" in message and "2 correction" in message
     folder = tmp_path / "feedback"
     saved = sorted(folder.glob("*/*.jpg"))
     assert [p.parent.name for p in saved] == ["beta", "gamma"]
     lines = [json.loads(line) for line in (folder / METADATA_FILE).read_text().splitlines()]
     assert {line["file_name"] for line in lines} == {f"{p.parent.name}/{p.name}" for p in saved}
-    assert lines[0]["predicted"] == "alpha" and lines[0]["predicted_score"] == 0.61
+    for line, path in zip(lines, photos, strict=True):  # the model's own answer for that photo
+        top = expected_top(demo.classifier, path)[0]
+        assert line["predicted"] == top["label"] and line["predicted_score"] == round(top["score"], 4)
     # The saved photo is the upload (re-encoded as JPEG: close, not identical).
     diff = np.abs(np.asarray(Image.open(saved[0]), float) - np.asarray(open_image(photos[0]), float))
     assert diff.mean() < 3
@@ -183,11 +203,11 @@ def test_feedback_is_an_imagefolder_dataset(demo: Demo, image_folder: Path, tmp_
 def test_feedback_refuses_what_it_cannot_record(demo: Demo, image_folder: Path) -> None:
     one = upload(next(image_folder.glob("*/*.jpg")))
     with pytest.raises(gr.Error, match="photo first"):
-        demo.record_feedback(None, "beta", None)
+        demo.record_feedback(None, "beta")
     with pytest.raises(gr.Error, match="Pick the right kind"):
-        demo.record_feedback(one, None, None)
+        demo.record_feedback(one, None)
     with pytest.raises(gr.Error, match="not one of the model's classes"):
-        demo.record_feedback(one, "banana", None)
+        demo.record_feedback(one, "banana")
     assert demo.store.count() == 0
 
 
@@ -264,3 +284,120 @@ def test_large_corrections_are_scaled_down(tmp_path: Path) -> None:
     big = photo(4, (3000, 2000))
     saved = store.record(big, "a")
     assert Image.open(saved).size == (MAX_SIDE, round(MAX_SIDE * 2 / 3)) and big.size == (3000, 2000)
+
+
+# --- Hostile requests: only uploads are read, the bounds hold for data: URLs, feedback is honest ---------
+
+
+def _not_uploads(tmp_path: Path, uploads: Path) -> dict[str, object]:
+    """Paths a client may send that are not uploads: every one must get the same answer."""
+    server = tmp_path / "server"
+    server.mkdir()
+    photo(5).save(server / "photo.jpg")  # a real image on the server, outside the upload cache
+    (uploads / "link").mkdir()
+    (uploads / "link" / "photo.jpg").symlink_to(server / "photo.jpg")  # in the cache, pointing out of it
+    return {
+        "system file": "/etc/passwd",
+        "missing file": str(server / "no-such-photo.jpg"),
+        "missing folder": "/no/such/folder/photo.jpg",
+        "server photo": str(server / "photo.jpg"),
+        "dot-dot out of the cache": f"{uploads}/../server/photo.jpg",
+        "symlink out of the cache": str(uploads / "link" / "photo.jpg"),
+        "relative path": "photo.jpg",
+        "not a string": 42,
+        "NUL byte": f"{uploads}/a\x00b.jpg",
+    }
+
+
+def test_paths_that_are_not_uploads_are_refused_alike(
+    demo: Demo, tmp_path: Path, uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cases = _not_uploads(tmp_path, uploads)
+    monkeypatch.chdir(tmp_path / "server")  # where the relative "photo.jpg" would be found
+    for case, path in cases.items():
+        payload = {"path": path, "orig_name": "photo.jpg", "meta": {"_type": "gradio.FileData"}}
+        with pytest.raises(gr.Error) as err:
+            demo.classify(payload)
+        assert err.value.message == NOT_UPLOADED, case  # the same words whether the path exists or not
+        rows, _ = demo.classify_batch([payload, {"path": path}])
+        assert rows[0] == ["photo.jpg", "", None, NOT_UPLOADED] and rows[1][1:] == ["", None, NOT_UPLOADED], (
+            case
+        )
+        with pytest.raises(gr.Error) as err:
+            demo.record_feedback(payload, "beta")
+        assert err.value.message == NOT_UPLOADED, case
+    assert demo.store.count() == 0 and not demo.store.folder.exists()  # nothing written
+    assert demo.classify(upload(tmp_path / "server" / "photo.jpg"))[0]  # the same photo, uploaded: read
+
+
+def test_the_feedback_folder_is_never_read_even_inside_the_upload_cache(
+    classifier: Classifier, uploads: Path, image_folder: Path
+) -> None:
+    demo = Demo(classifier, "test-model", FeedbackStore(uploads / "feedback", classifier.labels))
+    saved = demo.store.record(open_image(next(image_folder.glob("*/*.jpg"))), "beta")  # someone's correction
+    with pytest.raises(gr.Error) as err:
+        demo.classify({"path": str(saved)})
+    assert err.value.message == NOT_UPLOADED
+
+
+def _png_data_url(size: tuple[int, int]) -> str:
+    buf = io.BytesIO()
+    Image.new("L", size).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [((1, 1), "too small"), ((1, 100_000), "too small"), ((40, 1_000), "too thin"), ((31, 64), "too small")],
+)
+def test_data_urls_are_bounded_like_uploads(demo: Demo, size: tuple[int, int], reason: str) -> None:
+    url = _png_data_url(size)
+    with pytest.raises(gr.Error) as err:
+        demo.classify({"path": None, "url": url})
+    message = err.value.message
+    assert message.startswith("pasted image: ") and reason in message and "\n" not in message
+    with pytest.raises(gr.Error, match=reason):
+        demo.record_feedback({"path": None, "url": url}, "beta")
+    assert demo.store.count() == 0
+
+
+def test_an_oversized_data_url_is_refused_before_decoding(
+    demo: Demo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(photo(3))).decode()
+    monkeypatch.setattr(app, "MAX_FILE_BYTES", 1_000)
+
+    def no_decoding(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("decoded a data: URL over the size limit")
+
+    monkeypatch.setattr(app.base64, "b64decode", no_decoding)
+    with pytest.raises(gr.Error, match="pasted image: over the upload limit of 1,000 bytes"):
+        demo.classify({"path": None, "url": url})
+
+
+def test_feedback_records_the_prediction_for_that_very_image(
+    demo: Demo, classifier: Classifier, image_folder: Path
+) -> None:
+    photos = sorted(image_folder.glob("*/*.jpg"))
+    first, other = photos[0], photos[-1]
+    top_first, top_other = expected_top(classifier, first)[0], expected_top(classifier, other)[0]
+    assert top_first["score"] != pytest.approx(top_other["score"], abs=1e-3)  # the test can tell them apart
+    demo.classify(upload(first))  # the page shows photo A ...
+    demo.record_feedback(upload(other), "gamma")  # ... and a correction arrives for photo B
+    (line,) = [json.loads(x) for x in (demo.store.folder / METADATA_FILE).read_text().splitlines()]
+    assert line["predicted"] == top_other["label"]
+    assert line["predicted_score"] == round(top_other["score"], 4)
+
+
+def test_feedback_names_the_model_never_where_it_lies(
+    classifier: Classifier, trained_run: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    demo = Demo(classifier, str(trained_run / "model"), FeedbackStore(tmp_path / "fb", classifier.labels))
+    demo.record_feedback(upload(next(image_folder.glob("*/*.jpg"))), "beta")
+    text = (tmp_path / "fb" / METADATA_FILE).read_text()
+    assert json.loads(text)["model"] == trained_run.name and str(trained_run) not in text
+    assert public_model_name("alice/trashnet-lite0") == "alice/trashnet-lite0"  # a Hub id as it is
+    onnx = tmp_path / "exports" / "model.onnx"
+    onnx.parent.mkdir()
+    onnx.write_bytes(b"")
+    assert public_model_name(str(onnx)) == "model.onnx"

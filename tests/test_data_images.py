@@ -135,6 +135,7 @@ def _bad_corpus(root: Path) -> dict[str, str]:
     (a / "empty.jpg").write_bytes(b"")
     (a / "text.jpg").write_text("not an image")
     (a / "bomb.png").write_bytes(_png_header_only(20000, 20000))
+    Image.new("RGB", (10, 300), "white").save(a / "strip.png")  # sides 1:30: refused from the header
     # Awkward but valid: these must be kept.
     photo(60).convert("RGBA").save(a / "rgba.png")
     photo(61).convert("L").save(a / "gray.jpg")
@@ -150,6 +151,7 @@ def _bad_corpus(root: Path) -> dict[str, str]:
         "empty.jpg": "cannot identify",
         "text.jpg": "cannot identify",
         "bomb.png": "DecompressionBomb",
+        "strip.png": "ImageBoundsError: 10x300 pixels is too thin",
     }
 
 
@@ -165,8 +167,8 @@ def test_bad_corpus_is_reported_and_the_rest_kept(tmp_path: Path, cache_dir: str
     )
     data = prepare_data(cfg)
     report = data.report
-    assert report["num_images"] == 18 + 5 + 6
-    assert report["num_bad"] == 5
+    assert report["num_images"] == 18 + 6 + 6
+    assert report["num_bad"] == 6
     reasons = {Path(b["path"]).name: b["reason"] for b in report["bad_files"]}
     assert set(reasons) == set(expected_bad)
     for name, word in expected_bad.items():
@@ -193,7 +195,7 @@ def test_too_many_bad_files_stops_with_a_clear_error(tmp_path: Path, cache_dir: 
         max_bad_fraction=0.1,
         cache_dir=cache_dir,
     )
-    with pytest.raises(DataError, match=r"5 of 29 files .*--max-bad-fraction 0\.1"):
+    with pytest.raises(DataError, match=r"6 of 30 files .*--max-bad-fraction 0\.1"):
         prepare_data(cfg)
     # Nothing already done is lost: the report of what was found is on disk.
     assert (tmp_path / "out" / "data_report.json").is_file()

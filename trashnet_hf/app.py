@@ -18,12 +18,14 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import torch
+from gradio.utils import get_upload_folder, is_allowed_file
 from PIL import Image
 
 from trashnet_hf import cli, example_photo
@@ -41,7 +43,11 @@ TOP_K = 3
 # flagging 5% of the right answers. Photos of things outside the six kinds land low too.
 LOW_CONFIDENCE = 0.6
 MIN_SIDE = 32  # smaller images hold too little to recognise (and a 1x1 "photo" is usually a broken upload)
-MAX_FILE_SIZE = "20mb"  # per upload; PIL's decompression-bomb guard bounds the pixels (about 89 MP)
+# Per upload (Gradio's max_file_size), and per data: URL once decoded. The pixels are bounded apart from
+# the bytes (decoding.check_bounds, from the header): PIL's bomb limit (about 89 MP), MIN_SIDE, 1:20 sides.
+MAX_FILE_BYTES = 20 * 1024 * 1024
+# The one answer to a path that is not an upload, whether or not it exists: nothing about the server leaks.
+NOT_UPLOADED = "Refused. The app reads only images uploaded to it; send the image itself."
 MAX_BATCH_FILES = 50
 CSV_COLUMNS = ["file", "label", "score", "note"]
 
@@ -160,13 +166,21 @@ def resolve_model(flag: str | None, app_dir: Path) -> tuple[str, str]:
     )
 
 
+def public_model_name(model: str) -> str:
+    """How the model is named to the public (feedback metadata, the footer): a Hub id as it is; a local
+    folder or .onnx file by its name only (``OUT/model`` by its run folder ``OUT``), never by where it lies
+    on this machine."""
+    path = Path(model)
+    if path.exists():
+        return path.parent.name if path.name == "model" else path.name
+    return model
+
+
 def model_link(model: str) -> str:
     """The footer's name for the model: a link for a Hub id; a local folder by its run folder's name (its
     full path means nothing to a visitor)."""
-    path = Path(model)
-    if path.exists():
-        run = path.parent.name if path.name == "model" else path.name
-        return f"a local training run (`{run}`)"
+    if Path(model).exists():
+        return f"a local training run (`{public_model_name(model)}`)"
     return f"[{model}](https://huggingface.co/{model})"
 
 
@@ -185,32 +199,66 @@ def example_files(app_dir: Path, labels: list[str]) -> list[Path]:
 # --- Requests ------------------------------------------------------------------------------------------
 
 
-def load_upload(payload: Any) -> tuple[Image.Image, str]:
+def uploaded_file(path: Any, blocked: Sequence[str | Path] = ()) -> Path:
+    """The real path (symlinks followed) of a file Gradio received as an upload; ImageError(NOT_UPLOADED)
+    for anything else, existing or not.
+
+    Gradio's own rule, with Gradio's own helpers: the file must lie in its upload cache (``GRADIO_TEMP_DIR``,
+    ``get_upload_folder``) and in none of ``blocked``, as ``processing_utils._check_allowed`` demands when it
+    preprocesses an event. Gradio applies that check only to payloads tagged ``"meta": {"_type":
+    "gradio.FileData"}``; gr.Image's ImageData does not require the tag, so an untagged ``{"path": ...}``
+    reaches the function unchecked, and this check runs on every path."""
+    try:
+        real = Path(os.path.realpath(path)) if isinstance(path, str) and path else None
+    except ValueError:  # an embedded NUL byte
+        real = None
+    if real is None:
+        raise ImageError(NOT_UPLOADED)
+    allowed, _ = is_allowed_file(
+        real, blocked_paths=list(blocked), allowed_paths=[], created_paths=[get_upload_folder()]
+    )
+    if not allowed:
+        raise ImageError(NOT_UPLOADED)
+    return real
+
+
+def image_from_data_url(url: str, name: str) -> Image.Image:
+    """A ``data:`` URL's image, under an upload's limits: at most MAX_FILE_BYTES, checked before the
+    base64 is decoded, and the image bounds (MIN_SIDE, aspect, pixels) before the pixels are."""
+    encoded = url.rsplit(",", 1)[-1]
+    if len(encoded) > 4 * (MAX_FILE_BYTES // 3 + 1):
+        raise ImageError(f"{name}: over the upload limit of {MAX_FILE_BYTES:,} bytes; send a smaller image")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except binascii.Error as err:
+        raise ImageError(f"{name}: the image arrived as a data: URL that is not valid base64") from err
+    try:
+        return open_image(data, require_side=MIN_SIDE)
+    except ImageError as err:
+        raise ImageError(str(err).replace("<bytes>", name, 1)) from err
+
+
+def load_upload(payload: Any, blocked: Sequence[str | Path] = ()) -> tuple[Image.Image, str]:
     """The RGB image and display name of one upload: Gradio's file payload (the events skip Gradio's own
-    decoding, so that every bad file gets this module's plain message), a data: URL or a path. Raises
-    ImageError with a one-line reason that names the file as the user called it."""
+    decoding, so that every bad file gets this module's plain message) or a data: URL. A path must be an
+    upload (``uploaded_file``); the image must pass ``decoding.check_bounds`` with MIN_SIDE, from its
+    header. Raises ImageError with a one-line reason that names the file as the user called it."""
     if isinstance(payload, dict):
-        path, name, url = payload.get("path"), payload.get("orig_name"), payload.get("url") or ""
+        path, name, url = payload.get("path"), payload.get("orig_name"), payload.get("url")
     else:
-        path, name, url = (None, None, "") if payload is None else (str(payload), None, "")
-    if not path and url.startswith("data:"):
-        try:
-            data = base64.b64decode(url.rsplit(",", 1)[-1], validate=True)
-        except binascii.Error as err:
-            raise ImageError("the image arrived as a data: URL that is not valid base64") from err
-        return open_image(data), name or "pasted image"
+        path, name, url = payload, None, None
+    name = name if isinstance(name, str) and name else None
+    if not path and isinstance(url, str) and url.startswith("data:"):
+        name = name or "pasted image"
+        return image_from_data_url(url, name), name
     if not path:
         raise ImageError("no image arrived; upload it again")
-    name = name or Path(path).name
+    real = uploaded_file(path, blocked)
+    name = name or real.name
     try:
-        image = open_image(path)
+        image = open_image(real, require_side=MIN_SIDE)
     except ImageError as err:
-        raise ImageError(str(err).replace(str(path), name)) from err  # the user never saw the temp path
-    if min(image.size) < MIN_SIDE:
-        raise ImageError(
-            f"{name}: {image.width}x{image.height} pixels is too small to recognise anything; send a photo "
-            f"at least {MIN_SIDE} pixels on each side"
-        )
+        raise ImageError(str(err).replace(str(real), name)) from err  # the user never saw the cache path
     return image, name
 
 
@@ -234,28 +282,30 @@ class Demo:
     """The loaded model and the feedback store, with the functions the page and the API call."""
 
     classifier: Classifier
-    model_name: str
+    model_name: str  # as given: a Hub id, a local folder or a .onnx file (public_model_name for the public)
     store: FeedbackStore
     csv_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="trashnet-app-")))
+
+    def _load(self, payload: Any) -> tuple[Image.Image, str]:
+        # Never from the feedback folder, even were it inside Gradio's upload cache.
+        return load_upload(payload, blocked=[self.store.folder])
 
     def _predict(self, images: list[Image.Image]) -> tuple[list[list[dict[str, Any]]], float]:
         start = time.perf_counter()
         ranked = self.classifier.predict(images)
         return ranked, time.perf_counter() - start
 
-    def classify(self, image: Any) -> tuple[dict[str, float] | None, str, dict[str, Any] | None]:
-        """One image -> (top-3 scores for gr.Label, the verdict Markdown, the top prediction kept for the
-        feedback control)."""
+    def classify(self, image: Any) -> tuple[dict[str, float] | None, str]:
+        """One image -> (top-3 scores for gr.Label, the verdict Markdown)."""
         if image is None:  # the image was cleared
-            return None, EMPTY_VERDICT, None
+            return None, EMPTY_VERDICT
         try:
-            pil, _ = load_upload(image)
+            pil, _ = self._load(image)
         except ImageError as err:
             raise gr.Error(str(err), title="Cannot read this image", print_exception=False) from err
         (ranked,), seconds = self._predict([pil])
         scores = {r["label"]: round(r["score"], 4) for r in ranked[:TOP_K]}
-        text = verdict(ranked, self.classifier.labels, seconds, self.classifier.device)
-        return scores, text, ranked[0]
+        return scores, verdict(ranked, self.classifier.labels, seconds, self.classifier.device)
 
     def classify_batch(self, files: list[Any] | None) -> tuple[list[list[Any]], str]:
         """Several images -> (rows of file, label, score, note; the same rows as a CSV file). An unreadable
@@ -270,7 +320,7 @@ class Demo:
         good: list[tuple[int, Image.Image]] = []
         for payload in files:
             try:
-                image, name = load_upload(payload)
+                image, name = self._load(payload)
             except ImageError as err:
                 rows.append([_display_name(payload), "", None, str(err).split(": ", 1)[-1]])
                 continue
@@ -295,26 +345,32 @@ class Demo:
             writer.writerows(rows)
         return path
 
-    def record_feedback(self, image: Any, correction: str | None, last: dict[str, Any] | None) -> str:
-        """Save the shown image under the user's correction; the Markdown saying what was recorded."""
+    def record_feedback(self, image: Any, correction: str | None) -> str:
+        """Save the image under the user's correction, with the model's prediction for that very image
+        (computed again here: the page's last answer may belong to another image, and an API client sends
+        the image alone); the Markdown saying what was recorded."""
         if image is None:
             raise gr.Error("Upload or pick a photo first, then say what it really is.", print_exception=False)
         if not correction:
             raise gr.Error("Pick the right kind from the list first.", print_exception=False)
         try:
-            pil, _ = load_upload(image)
-            self.store.record(
-                pil, correction, last and last["label"], last and last["score"], model=self.model_name
-            )
+            pil, _ = self._load(image)
+            (ranked,), _ = self._predict([pil])
+            model = public_model_name(self.model_name)
+            self.store.record(pil, correction, ranked[0]["label"], ranked[0]["score"], model=model)
         except UserError as err:
             raise gr.Error(str(err), print_exception=False) from err
         return f"Thanks: saved as **{correction}** ({self.store.count()} correction(s) collected so far)."
 
 
 def _display_name(payload: Any) -> str:
-    if isinstance(payload, dict):
-        return payload.get("orig_name") or Path(payload.get("path") or "upload").name
-    return Path(str(payload)).name
+    """The batch row's name for a file that could not be read: what the client called it (never looked up)."""
+    name, path = (
+        (payload.get("orig_name"), payload.get("path")) if isinstance(payload, dict) else (None, payload)
+    )
+    if isinstance(name, str) and name:
+        return name
+    return Path(path).name if isinstance(path, str) and path else "upload"
 
 
 # --- The page ------------------------------------------------------------------------------------------
@@ -356,19 +412,20 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
             csv_out = gr.File(label="Results as CSV")
         gr.Markdown(f"<small>Model: {model_link(demo.model_name)}. {CREDITS}</small>")
 
-        last = gr.State(None)
-        # preprocess=False: the functions decode the upload themselves (load_upload), so a non-image or a
-        # decompression bomb gets a plain message rather than Gradio's generic processing error.
+        # preprocess=False: the functions decode the upload themselves (load_upload: uploads only, size
+        # bounds from the header), so a non-image or a bomb gets a plain message rather than Gradio's generic
+        # processing error. All three run the model: one concurrency group, --concurrency at once in all.
         image.change(
-            demo.classify, image, [scores, advice, last], api_name="classify", preprocess=False,
-            trigger_mode="always_last",
+            demo.classify, image, [scores, advice], api_name="classify", preprocess=False,
+            trigger_mode="always_last", concurrency_id="model",
         )  # fmt: skip
         run_batch.click(
-            demo.classify_batch, files, [table, csv_out], api_name="classify_batch", preprocess=False
-        )
+            demo.classify_batch, files, [table, csv_out], api_name="classify_batch", preprocess=False,
+            concurrency_id="model",
+        )  # fmt: skip
         send.click(
-            demo.record_feedback, [image, correction, last], thanks, api_name="feedback", preprocess=False,
-            concurrency_limit=None,  # a file write: never wait behind the model
+            demo.record_feedback, [image, correction], thanks, api_name="feedback", preprocess=False,
+            concurrency_id="model",
         )  # fmt: skip
     return blocks
 
@@ -377,8 +434,9 @@ def launch(blocks: gr.Blocks, args: AppArgs, examples: list[Path], **kwargs: Any
     """Queue and start the server (Gradio's launch; ``kwargs`` e.g. prevent_thread_lock=True)."""
     blocks.queue(default_concurrency_limit=args.concurrency)
     return blocks.launch(
-        server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_SIZE,
+        server_name=args.host, server_port=args.port, max_file_size=MAX_FILE_BYTES,
         allowed_paths=sorted({str(p.parent) for p in examples}), theme=gr.themes.Soft(primary_hue="emerald"),
+        blocked_paths=[str(feedback_folder(args))],  # never served, whatever folder it lies in
         css=CSS, footer_links=["api", "gradio"], **kwargs,
     )  # fmt: skip
 
@@ -397,9 +455,14 @@ def create(args: AppArgs, app_dir: Path) -> tuple[gr.Blocks, list[Path]]:
     return build(Demo(classifier, model, store), examples), examples
 
 
+def feedback_folder(args: AppArgs) -> Path:
+    """Where corrections are kept: --feedback-dir, $FEEDBACK_DIR, else ./feedback."""
+    return Path(args.feedback_dir or os.environ.get("FEEDBACK_DIR") or "feedback").absolute()
+
+
 def _feedback_store(args: AppArgs, labels: list[str]) -> FeedbackStore:
     """The local store; pushed to a Hub dataset only when one and a token are configured."""
-    folder = Path(args.feedback_dir or os.environ.get("FEEDBACK_DIR") or "feedback").absolute()
+    folder = feedback_folder(args)
     dataset = args.feedback_dataset or os.environ.get("FEEDBACK_DATASET")
     token = os.environ.get("HF_TOKEN")
     if not (dataset and token):

@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers import TimmWrapperImageProcessor
 
 from trashnet_hf import hub
-from trashnet_hf.decoding import DECODE_ERRORS, load_rgb
+from trashnet_hf.decoding import DECODE_ERRORS, ImageBoundsError, load_rgb
 from trashnet_hf.errors import UserError
 from trashnet_hf.model import ModelLoadError, load_model
 
@@ -44,9 +44,11 @@ class ImageError(UserError):
     """A file or bytes that are not a usable image; the message is one line naming it and why."""
 
 
-def open_image(source: str | os.PathLike | bytes) -> Image.Image:
+def open_image(source: str | os.PathLike | bytes, require_side: int = 1) -> Image.Image:
     """An image as RGB, EXIF-transposed, decoded as training decodes it (``load_rgb``); raises
-    ImageError with a one-line reason (missing, 0 bytes, not an image, too many pixels, truncated...)."""
+    ImageError with a one-line reason (missing, 0 bytes, not an image, too many pixels, a side under
+    ``require_side`` pixels, too thin, truncated...). The size limits are checked from the header, before
+    anything is decoded or resized."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     if isinstance(source, bytes):
         if not source:
@@ -62,7 +64,9 @@ def open_image(source: str | os.PathLike | bytes) -> Image.Image:
         if size == 0:
             raise ImageError(f"{name}: 0 bytes (an empty file), not an image")
     try:
-        return load_rgb(source if isinstance(source, bytes) else str(source))
+        return load_rgb(source if isinstance(source, bytes) else str(source), require_side=require_side)
+    except ImageBoundsError as err:
+        raise ImageError(f"{name}: {err}") from err
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{name}: too many pixels to decode safely ({err})") from err
     except UnidentifiedImageError as err:
