@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 from tests.conftest import CLASS_COLOURS, CLASSES, make_learnable_folder
-from trashnet_hf import training
+from trashnet_hf import progress, training
 from trashnet_hf.checkpointing import checkpoints
 from trashnet_hf.config import ConfigError, TrainConfig
 from trashnet_hf.data import DataError
@@ -165,6 +165,27 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
     assert len(run_ids) == 1 and len(list((part / "wandb").glob("offline-run-*"))) == 2
 
 
+@pytest.mark.slow  # a train.py process: ~30 s
+def test_a_log_written_to_a_file_has_no_carriage_return(tmp_path: Path) -> None:
+    """Off a terminal (stdout and stderr into a file) no bar redraws itself: neither ours nor datasets'
+    map, transformers' weight loading and "Writing model shards", or W&B's; progress ends at 100%."""
+    data = make_learnable_folder(tmp_path / "data", per_class=8)
+    log = tmp_path / "train.log"
+    with log.open("w") as stream:
+        subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "--data-dir", str(data), "--output-dir",
+             str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--pretrained", "false",
+             "--model-name", "test_resnet", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+             "--logging-steps", "2", "--report-to", "wandb"],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=stream, stderr=subprocess.STDOUT,
+            timeout=600, check=True,
+        )  # fmt: skip
+    text = log.read_text()
+    assert "Writing model shards" not in text and "Preparing images" not in text
+    assert "\r" not in text
+    assert "step 4/4 (100%)" in text  # 17 train images, batches of 4: 4 steps, the last one logged
+
+
 def test_cpu_allocator_tuning_is_accepted_by_glibc() -> None:
     import platform
 
@@ -194,7 +215,7 @@ def test_core_paths_with_scripted_validation(
     logged: list[dict] = []
     monkeypatch.setattr(training, "val_predictions", scripted)
     monkeypatch.setattr(training.tracking, "log_metrics", lambda acc, values, step: logged.append(values))
-    monkeypatch.setattr(training, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_LOG_SECONDS", 0.0)
     data = make_learnable_folder(tmp_path / "data", per_class=8)  # 17 train images: 4 batches of 4
     out = tmp_path / "out"
     cfg = _cfg(

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,7 +27,6 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from trashnet_hf import calibration, card, checkpointing, plots, recipe, tracking
@@ -40,12 +38,12 @@ from trashnet_hf.embeddings import backbone_embedder
 from trashnet_hf.evaluation import Predictions, predict
 from trashnet_hf.model import backbone_preprocessing, build_model, load_model, save_model
 from trashnet_hf.preprocessing import Preprocessing
+from trashnet_hf.progress import Progress
 
 logger = get_logger(__name__)  # logs from the main process only
 # Accelerate warns on every rotation of the checkpoints we asked it to rotate: one warning per epoch.
 logging.getLogger("accelerate.accelerator").addFilter(lambda r: "to make room for new" not in r.getMessage())
 
-PROGRESS_LOG_SECONDS = 30.0  # off a terminal: at most one progress line this often
 SUMMARY_KEYS = ("loss", "accuracy", "macro_f1", "weighted_f1")
 
 
@@ -95,7 +93,7 @@ class Parts:
     eval_loaders: dict[str, DataLoader]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    total_steps: int
+    total_steps: int  # optimisation steps of this process over the run (what state.global_step counts)
     objective: recipe.Objective
     ema: ModelEmaV3 | None  # with --ema-decay: the weights that are validated, kept and published
 
@@ -285,8 +283,10 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
     groups = recipe.param_groups(model.timm_model, cfg.learning_rate, cfg.weight_decay, cfg.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
     # Counted on the unsharded loader: Accelerate steps the scheduler once per process per update.
-    total_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+    schedule_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, round(cfg.warmup_ratio * schedule_steps), schedule_steps
+    )
     model, optimizer, train_loader, scheduler, *prepared = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
@@ -307,7 +307,8 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
         dict(zip(eval_loaders, prepared, strict=True)),
         optimizer,
         scheduler,
-        total_steps,
+        # Counted on this process's shard: the loop's steps, for the progress total.
+        math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs,
         objective.to(device),
         recipe.make_ema(accelerator.unwrap_model(model), cfg.ema_decay),
     )
@@ -352,13 +353,12 @@ class LoopStats:
     back once per window, and the progress display (a bar on a terminal, log lines in a file)."""
 
     def __init__(self, accelerator: Accelerator, total_steps: int, state: TrainerState) -> None:
-        self.accelerator, self.total_steps, self.n_proc = accelerator, total_steps, accelerator.num_processes
+        self.accelerator, self.n_proc = accelerator, accelerator.num_processes
         device = accelerator.device
         self.window = torch.zeros(3, device=device)  # loss sum, correct, seen since the last read
         self.epoch = torch.zeros(3, device=device)
-        self.window_start, self.window_images, self.last_line = time.perf_counter(), 0, -math.inf
-        on_terminal = accelerator.is_local_main_process and sys.stderr.isatty()
-        self.bar = tqdm(total=total_steps, initial=state.global_step, unit="step", disable=not on_terminal)
+        self.window_start, self.window_images = time.perf_counter(), 0
+        self.display = Progress(total_steps, "step", state.global_step, show=accelerator.is_main_process)
 
     def start_epoch(self, carried: list[float]) -> None:
         # A resume mid-epoch carries the epoch's totals so far (summed over processes): spread them.
@@ -394,25 +394,17 @@ class LoopStats:
         return self.accelerator.reduce(self.epoch.clone(), "sum").tolist()
 
     def progress(self, step: int, values: dict[str, float] | None = None) -> None:
-        self.bar.update(step - self.bar.n)
-        if values is None:
-            return
-        self.bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}")
-        now = time.perf_counter()
-        if self.bar.disable and now - self.last_line >= PROGRESS_LOG_SECONDS:
-            self.last_line = now
-            logger.info(
-                "step %d/%d (%.0f%%)  loss %.4f  acc %.3f  %.0f img/s",
-                step,
-                self.total_steps,
-                100 * step / self.total_steps,
-                values["loss"],
-                values["accuracy"],
-                values["images_per_s"],
-            )
+        shown = None
+        if values is not None:
+            shown = {
+                "loss": f"{values['loss']:.4f}",
+                "acc": f"{values['accuracy']:.3f}",
+                "img/s": f"{values['images_per_s']:.0f}",
+            }
+        self.display.update(step, shown)
 
     def close(self) -> None:
-        self.bar.close()
+        self.display.close()
 
 
 def fit(cfg: TrainConfig, p: Parts, state: TrainerState, out: Path) -> str:
