@@ -200,7 +200,8 @@ def test_core_paths_with_scripted_validation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Early stopping, the best epoch (not the last) in model/, gradient accumulation, step checkpoints
-    and their rotation, one W&B name per quantity, and progress as log lines off a terminal."""
+    and their rotation, one W&B name per quantity, progress as log lines off a terminal, and the EMA
+    decay that acted (--ema-decay once --ema-warmup-steps end) in the history and the tracker."""
     scores = iter([0.2, 0.5, 0.4, 0.3, 0.9, 0.9])  # best at epoch 2; patience 2 stops after epoch 4
     weights: list[dict[str, torch.Tensor]] = []
     real_val_predictions = training.val_predictions
@@ -221,6 +222,7 @@ def test_core_paths_with_scripted_validation(
     cfg = _cfg(
         data, out, str(tmp_path / "cache"), epochs=6, patience=2, batch_size=4,
         gradient_accumulation_steps=2, checkpoint_every_steps=1, model_name="test_resnet",
+        ema_decay=0.9, ema_warmup_steps=3,
         calibrate=False,  # the saved weights are compared with epoch 2's as they were validated
     )  # fmt: skip
     with caplog.at_level(logging.INFO):
@@ -243,10 +245,15 @@ def test_core_paths_with_scripted_validation(
     per_step = set().union(*step_logs)
     per_epoch = set().union(*(v for v in logged if "val/loss" in v))
     final = set().union(*(v for v in logged if any(k.startswith("best_model/") for k in v)))
-    assert per_step == {"train/loss", "train/accuracy", "train/lr", "train/images_per_s", "epoch"}
+    assert per_step == {
+        "train/loss", "train/accuracy", "train/lr", "train/images_per_s", "train/ema_decay", "epoch"
+    }  # fmt: skip
     assert per_epoch == {"val/loss", "val/accuracy", "val/macro_f1"}
     assert {"best_model/train/loss", "best_model/val/accuracy", "best_model/test/macro_f1"} <= final
     assert not per_step & final and not per_epoch & final
+    # The EMA copies the weights for 3 steps, then decays at exactly 0.9 (timm's warm-up gave ~0.6).
+    assert [v["train/ema_decay"] for v in step_logs] == [0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.9]
+    assert [r["ema_decay"] for r in result.results["history"]] == [0.0, 0.9, 0.9, 0.9]  # steps 2, 4, 6, 8
     # Off a terminal: progress is log lines, no carriage-return bar.
     assert any("step 8/12 (67%)  loss" in r.getMessage() for r in caplog.records)
 

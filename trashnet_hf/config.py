@@ -227,9 +227,17 @@ class TrainConfig(DataConfig):
         default=0.8,
     )
     ema_decay: float = help_field(
-        "Validate, keep and publish an exponential moving average of the weights with this decay (with "
-        "timm's warm-up, so short runs work); 0 disables.",
+        "Validate, keep and publish an exponential moving average (EMA) of the weights: after "
+        "--ema-warmup-steps, each optimisation step keeps exactly this share of the average (0.998 "
+        "averages over about the last 1 / (1 - 0.998) = 500 steps); 0 disables. results.json's history "
+        "(ema_decay per epoch) and W&B (train/ema_decay) record the decay that acted.",
         default=0.998,
+    )
+    ema_warmup_steps: int = help_field(
+        "Optimisation steps at the start during which the EMA simply copies the weights (decay 0: the new "
+        "head moves fast at first); from the step after, it averages with exactly --ema-decay. 0: average "
+        "from the first step.",
+        default=100,
     )
     mixup_alpha: float = help_field(
         "Mixup strength (timm's Mixup, one draw per batch); 0 disables.", default=0.0
@@ -344,7 +352,7 @@ class TrainConfig(DataConfig):
             )
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise ConfigError(f"--crop-scale-min must be in (0, 1], got {self.crop_scale_min}.")
-        for name in ("patience", "checkpoint_every_steps", "prediction_table_size"):
+        for name in ("patience", "checkpoint_every_steps", "prediction_table_size", "ema_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}.")
         for name in ("val_share", "test_share"):

@@ -101,6 +101,13 @@ class Parts:
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
 
+    def update_ema(self, step: int) -> float | None:
+        """Average the weights into the EMA after optimisation step ``step``; the decay that acted (None
+        without an EMA)."""
+        if self.ema is None:
+            return None
+        return recipe.update_ema(self.ema, self.accelerator.unwrap_model(self.model), step)
+
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Fine-tune, validate every epoch, keep the best model by validation macro-F1, test it, report."""
@@ -263,18 +270,9 @@ def write_data_outputs(cfg: TrainConfig, accelerator: Accelerator, data: Prepare
 
 def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) -> Parts:
     """The model with its new head, the device transforms, the loaders, AdamW and the warm-up + cosine
-    schedule, all passed through ``accelerator.prepare``."""
+    schedule, all passed through ``accelerator.prepare``; the EMA of the prepared model's weights."""
     device = accelerator.device
-    workers = cfg.num_workers if cfg.num_workers is not None else (2 if device.type == "cuda" else 0)
-    pin = device.type == "cuda"
-    # drop_last: a last batch of one image breaks BatchNorm, and ragged batches skew the loss.
-    train_loader = make_loader(
-        data.splits["train"], cfg.batch_size, True, cfg.seed, workers, drop_last=True, pin_memory=pin
-    )
-    eval_loaders = {
-        s: make_loader(data.splits[s], cfg.eval_batch_size, False, num_workers=workers, pin_memory=pin)
-        for s in ("train", "val", "test")
-    }
+    train_loader, eval_loaders = make_loaders(cfg, data, device)
     model = build_model(
         cfg.model_name, data.class_names, data.preprocessing, cfg.pretrained, cfg.cache_dir, cfg.seed
     )
@@ -290,13 +288,11 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
     model, optimizer, train_loader, scheduler, *prepared = accelerator.prepare(
         model, optimizer, train_loader, scheduler, *eval_loaders.values()
     )
+    # Counted on this process's shard: the steps the loop takes (state.global_step), the progress total.
+    total_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
+    if (note := recipe.ema_note(cfg.ema_decay, cfg.ema_warmup_steps, total_steps)) is not None:
+        logger.warning(note)
     train_tf = TrainTransform(data.preprocessing, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter)
-    weights = None
-    if cfg.class_weighting == "balanced":
-        weights = recipe.balanced_class_weights(data.splits["train"]["label"], len(data.class_names))
-    objective = recipe.Objective(
-        len(data.class_names), cfg.label_smoothing, cfg.mixup_alpha, cfg.cutmix_alpha, weights
-    )
     return Parts(
         accelerator,
         data,
@@ -307,10 +303,36 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
         dict(zip(eval_loaders, prepared, strict=True)),
         optimizer,
         scheduler,
-        # Counted on this process's shard: the loop's steps, for the progress total.
-        math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs,
-        objective.to(device),
-        recipe.make_ema(accelerator.unwrap_model(model), cfg.ema_decay),
+        total_steps,
+        make_objective(cfg, data).to(device),
+        recipe.make_ema(accelerator.unwrap_model(model), cfg.ema_decay, cfg.ema_warmup_steps),
+    )
+
+
+def make_loaders(
+    cfg: TrainConfig, data: PreparedData, device: torch.device
+) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The shuffled train loader and the train/val/test evaluation loaders (not yet prepared)."""
+    workers = cfg.num_workers if cfg.num_workers is not None else (2 if device.type == "cuda" else 0)
+    pin = device.type == "cuda"
+    # drop_last: a last batch of one image breaks BatchNorm, and ragged batches skew the loss.
+    train_loader = make_loader(
+        data.splits["train"], cfg.batch_size, True, cfg.seed, workers, drop_last=True, pin_memory=pin
+    )
+    eval_loaders = {
+        s: make_loader(data.splits[s], cfg.eval_batch_size, False, num_workers=workers, pin_memory=pin)
+        for s in ("train", "val", "test")
+    }
+    return train_loader, eval_loaders
+
+
+def make_objective(cfg: TrainConfig, data: PreparedData) -> recipe.Objective:
+    """The loss: label smoothing, mixup/cutmix and (with --class-weighting balanced) class weights."""
+    weights = None
+    if cfg.class_weighting == "balanced":
+        weights = recipe.balanced_class_weights(data.splits["train"]["label"], len(data.class_names))
+    return recipe.Objective(
+        len(data.class_names), cfg.label_smoothing, cfg.mixup_alpha, cfg.cutmix_alpha, weights
     )
 
 
@@ -461,15 +483,11 @@ def train_epoch(cfg: TrainConfig, p: Parts, state: TrainerState, stats: LoopStat
         if not acc.sync_gradients:
             continue
         state.global_step += 1
-        if p.ema is not None:
-            p.ema.update(acc.unwrap_model(model), step=state.global_step)
+        ema_decay = p.update_ema(state.global_step)
         window = None
         if state.global_step % cfg.logging_steps == 0:
             window = stats.read_window(state)
-            step_log = {f"train/{k}": v for k, v in window.items()}
-            step_log["train/lr"] = p.scheduler.get_last_lr()[0]
-            step_log["epoch"] = state.epoch + state.step_in_epoch / len(p.train_loader)
-            tracking.log_metrics(acc, step_log, step=state.global_step)
+            log_step(p, state, window, ema_decay)
             if stop.check(acc):
                 state.epoch_totals = stats.epoch_totals()
                 return False
@@ -479,6 +497,16 @@ def train_epoch(cfg: TrainConfig, p: Parts, state: TrainerState, stats: LoopStat
             acc.save_state()
     state.epoch_totals = stats.epoch_totals()
     return True
+
+
+def log_step(p: Parts, state: TrainerState, window: dict[str, float], ema_decay: float | None) -> None:
+    """The logging window's train/* values, the learning rate and the EMA decay that acted."""
+    values = {f"train/{k}": v for k, v in window.items()}
+    values["train/lr"] = p.scheduler.get_last_lr()[0]
+    if ema_decay is not None:
+        values["train/ema_decay"] = ema_decay
+    values["epoch"] = state.epoch + state.step_in_epoch / len(p.train_loader)
+    tracking.log_metrics(p.accelerator, values, step=state.global_step)
 
 
 def val_predictions(p: Parts) -> tuple[Predictions, dict[str, Any]]:
@@ -498,6 +526,8 @@ def validate(p: Parts, state: TrainerState, out: Path, table_rows: list[int], ta
         "train_loss": loss_sum / max(seen, 1),  # plain cross-entropy, on augmented batches
         "train_accuracy": correct / max(seen, 1),
         **{f"val_{k}": metrics[k] for k in ("loss", "accuracy", "macro_f1")},
+        # The decay of the epoch's last EMA update (0 while the EMA still copies the weights).
+        **({"ema_decay": p.ema.get_decay(state.global_step)} if p.ema is not None else {}),
     }
     state.history.append(record)
     improved = metrics["macro_f1"] > state.best_macro_f1
