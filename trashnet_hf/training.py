@@ -580,11 +580,11 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
     calibration.set_temperature(best, 1.0)  # a resumed run may find the saved head calibrated already
     model = acc.unwrap_model(p.model)
     model.load_state_dict(best.state_dict())
-    # predict() gathers every process's predictions: each process fits the same T on the same numbers.
+    # predict() gathers every process's logits: each process fits the same T on the same numbers.
     splits = {}
     for s in ("val", "test"):
         preds = predict(acc, p.model, p.eval_loaders[s], p.eval_tf)
-        splits[s] = (calibration.logits_from_probs(preds.probs), preds.labels)
+        splits[s] = (preds.logits, preds.labels)
     temperature = calibration.fit_temperature(*splits["val"])
     summary = calibration.calibration_summary(temperature, splits)
     calibration.set_temperature(model, temperature)
@@ -594,7 +594,8 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
         figure = plots.plot_reliability(panels, out / "reliability.png")
         tracking.log_image(acc, "test/reliability", figure, step=state.global_step)
     acc.wait_for_everyone()  # the calibrated model is on disk before any process reads it back
-    values = {f"calibration/{s}/{k}": v for s in splits for k, v in summary[s].items()}
+    blocks = calibration.split_blocks(summary)  # "val_fit_set" (in-sample after T) and "test"
+    values = {f"calibration/{key}/{k}": v for key, block in blocks.items() for k, v in block.items()}
     tracking.log_metrics(acc, {"calibration/temperature": temperature, **values}, step=state.global_step)
     logger.info("%s", calibration.describe(summary))
     if calibration.at_bound(temperature):
