@@ -191,8 +191,9 @@ def setup(cfg: TrainConfig, out: Path) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=str(out), automatic_checkpoint_naming=True, total_limit=checkpointing.KEEP
         ),
-        # The shuffle order is a function of (seed, epoch): a resumed run sees the same batches.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # The shuffle order is a function of (seed, epoch), the same on every process (data_seed; by
+        # default Accelerate would take each process's own torch seed): a resumed run sees the same batches.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
     accelerator.project_configuration.iteration = checkpointing.next_number(out)
     if precision_that_runs(accelerator) != accelerator.mixed_precision:
@@ -201,7 +202,10 @@ def setup(cfg: TrainConfig, out: Path) -> Accelerator:
             accelerator.mixed_precision,
             accelerator.device.type,
         )
-    set_seed(cfg.seed)
+    # seed + process index: each process draws its own crops, flips, jitter and mixup (the same draws on
+    # every process would waste the extra batches' augmentation); the run stays reproducible for a given
+    # process count. Model init (build_model) and shuffling (data_seed) are seeded with the seed itself.
+    set_seed(cfg.seed, device_specific=True)
     if accelerator.device.type == "cpu":
         tune_cpu_allocator()
     return accelerator
