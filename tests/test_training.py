@@ -200,8 +200,9 @@ def test_core_paths_with_scripted_validation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Early stopping, the best epoch (not the last) in model/, gradient accumulation, step checkpoints
-    and their rotation, one W&B name per quantity, progress as log lines off a terminal, and the EMA
-    decay that acted (--ema-decay once --ema-warmup-steps end) in the history and the tracker."""
+    and their rotation, one W&B name per quantity, progress as log lines off a terminal, the EMA decay
+    that acted (--ema-decay once --ema-warmup-steps end) in the history and the tracker, and
+    --channels-last false honoured by the model and every batch it sees."""
     scores = iter([0.2, 0.5, 0.4, 0.3, 0.9, 0.9])  # best at epoch 2; patience 2 stops after epoch 4
     weights: list[dict[str, torch.Tensor]] = []
     real_val_predictions = training.val_predictions
@@ -213,6 +214,19 @@ def test_core_paths_with_scripted_validation(
         weights.append({k: v.detach().clone() for k, v in state.items()})
         return preds, {**metrics, "macro_f1": next(scores)}
 
+    layouts: set[tuple[bool, bool]] = set()  # (batch, conv weights) contiguous NCHW, at every forward
+    real_build = training.build_model
+
+    def build_recording(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        conv = next(w for w in model.parameters() if w.dim() == 4)
+        model.register_forward_pre_hook(
+            lambda m, a, kw: layouts.add((kw["pixel_values"].is_contiguous(), conv.is_contiguous())),
+            with_kwargs=True,
+        )  # copied with the model into the EMA, so its validation passes record too
+        return model
+
+    monkeypatch.setattr(training, "build_model", build_recording)
     logged: list[dict] = []
     monkeypatch.setattr(training, "val_predictions", scripted)
     monkeypatch.setattr(training.tracking, "log_metrics", lambda acc, values, step: logged.append(values))
@@ -222,7 +236,7 @@ def test_core_paths_with_scripted_validation(
     cfg = _cfg(
         data, out, str(tmp_path / "cache"), epochs=6, patience=2, batch_size=4,
         gradient_accumulation_steps=2, checkpoint_every_steps=1, model_name="test_resnet",
-        ema_decay=0.9, ema_warmup_steps=3,
+        ema_decay=0.9, ema_warmup_steps=3, channels_last=False,
         calibrate=False,  # the saved weights are compared with epoch 2's as they were validated
     )  # fmt: skip
     with caplog.at_level(logging.INFO):
@@ -254,8 +268,21 @@ def test_core_paths_with_scripted_validation(
     # The EMA copies the weights for 3 steps, then decays at exactly 0.9 (timm's warm-up gave ~0.6).
     assert [v["train/ema_decay"] for v in step_logs] == [0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.9]
     assert [r["ema_decay"] for r in result.results["history"]] == [0.0, 0.9, 0.9, 0.9]  # steps 2, 4, 6, 8
+    assert layouts == {(True, True)}  # --channels-last false: no channels-last batch or weight anywhere
     # Off a terminal: progress is log lines, no carriage-return bar.
     assert any("step 8/12 (67%)  loss" in r.getMessage() for r in caplog.records)
+
+
+def test_transforms_give_the_memory_layout_asked_for() -> None:
+    from trashnet_hf.data.transforms import EvalTransform, TrainTransform
+    from trashnet_hf.preprocessing import Preprocessing
+
+    pre, batch = Preprocessing(image_size=16), torch.randint(0, 256, (2, 18, 18, 3), dtype=torch.uint8)
+    for transform in (TrainTransform, EvalTransform):
+        nchw = transform(pre, channels_last=False)(batch)
+        assert nchw.is_contiguous() and not nchw.is_contiguous(memory_format=torch.channels_last)
+        default = transform(pre)(batch)
+        assert default.is_contiguous(memory_format=torch.channels_last) and not default.is_contiguous()
 
 
 def test_train_loss_is_plain_cross_entropy() -> None:

@@ -293,7 +293,9 @@ class TrainConfig(DataConfig):
         default=None,
     )
     channels_last: bool = help_field(
-        "Keep the model and images in channels-last memory (faster convolutions).", default=True
+        "Keep the model and its training and evaluation batches in channels-last memory (faster "
+        "convolutions on recent GPUs); 'false' keeps both in the standard NCHW layout.",
+        default=True,
     )
     report_to: Literal["wandb", "none"] = help_field(
         "Where to track the run: W&B (offline mode without WANDB_API_KEY) or nowhere.", default="wandb"

@@ -296,13 +296,16 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
     total_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
     if (note := recipe.ema_note(cfg.ema_decay, cfg.ema_warmup_steps, total_steps)) is not None:
         logger.warning(note)
-    train_tf = TrainTransform(data.preprocessing, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter)
+    layout = {"channels_last": cfg.channels_last}  # the batches' memory layout, like the model's
+    train_tf = TrainTransform(
+        data.preprocessing, (cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter, **layout
+    )
     return Parts(
         accelerator,
         data,
         model,
         train_tf.to(device),
-        EvalTransform(data.preprocessing).to(device),
+        EvalTransform(data.preprocessing, **layout).to(device),
         train_loader,
         dict(zip(eval_loaders, prepared, strict=True)),
         optimizer,
