@@ -105,4 +105,5 @@ def test_a_run_too_short_for_its_ema_is_told_so() -> None:
     note = ema_note(0.998, warmup_steps=100, total_steps=440)  # the 8-epoch recipe's 440 steps
     assert "about 500 steps" in note and "51%" in note  # 0.998 ** 340
     assert ema_note(0.99, warmup_steps=100, total_steps=440) is None  # 100 steps' horizon fits in 340
+    assert ema_note(0.9, warmup_steps=2, total_steps=12) is None  # 10 steps' horizon, 10 steps averaged
     assert ema_note(0.0, warmup_steps=100, total_steps=10) is None  # no EMA

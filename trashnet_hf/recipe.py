@@ -7,6 +7,7 @@ by ``bench/accuracy.py`` (see the README).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -114,8 +115,8 @@ def ema_note(decay: float, warmup_steps: int, total_steps: int) -> str | None:
             f"--ema-warmup-steps {warmup_steps}, so the EMA only copies the weights; lower "
             "--ema-warmup-steps for an average, or pass --ema-decay 0."
         )
-    if 1 / (1 - decay) > averaged:
-        held = decay**averaged
+    held = decay**averaged
+    if held > math.exp(-1):  # about: its horizon is longer than the steps it averages
         return (
             f"--ema-decay {decay:g} averages over about {1 / (1 - decay):.0f} steps, but this run averages "
             f"over {averaged} (after --ema-warmup-steps {warmup_steps}): at its end the EMA still holds "
