@@ -50,11 +50,38 @@ def test_nll_is_torch_cross_entropy_and_ignores_row_shifts() -> None:
     assert negative_log_likelihood(shifted, labels) == pytest.approx(torch_nll)
 
 
-def test_log_probs_stand_in_for_logits_also_after_scaling() -> None:
-    logits = np.random.default_rng(1).normal(size=(20, 6)) * 4
-    probs = softmax(logits, axis=-1).astype(np.float32)  # what predict() gathers
-    stand_in = calibration.logits_from_probs(probs)
-    np.testing.assert_allclose(softmax(stand_in / 1.7, axis=-1), softmax(logits / 1.7, axis=-1), atol=1e-6)
+class _FixedLogits(nn.Module):
+    """A "model" whose logits are its input: predict() must hand them back as they are."""
+
+    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=pixel_values * 1.0)
+
+
+def test_predict_gathers_logits_and_calibration_fits_on_them() -> None:
+    """predict() gathers the logits themselves (softmax scores derive from them), so T is fitted on the
+    model's logits. Confident logits show why: float32 softmax underflows past a gap of ~103, and logits
+    rebuilt from those probabilities (the old log(max(p, tiny))) fit another T."""
+    from accelerate import Accelerator
+
+    from trashnet_hf.evaluation import predict
+
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(60, 3)) * 150).astype(np.float32)
+    p = softmax(logits.astype(np.float64) / 15, axis=-1)  # labels that want T = 15
+    labels = (p.cumsum(-1) > rng.random((60, 1))).argmax(-1)
+    batches = [
+        {"pixels": torch.from_numpy(logits[i : i + 16]), "label": torch.from_numpy(labels[i : i + 16])}
+        for i in range(0, 60, 16)
+    ]
+    preds = predict(Accelerator(cpu=True), _FixedLogits(), batches, nn.Identity())
+    np.testing.assert_array_equal(preds.logits, logits)
+    np.testing.assert_array_equal(preds.labels, labels)
+    np.testing.assert_allclose(preds.probs, softmax(logits, axis=-1), atol=1e-6)
+    fitted = calibration.fit_temperature(preds.logits, preds.labels)
+    assert fitted == calibration.fit_temperature(logits.astype(np.float64), labels)
+    tiny = np.nextafter(np.float32(0), np.float32(1))
+    rebuilt = np.log(np.maximum(preds.probs.astype(np.float64), tiny))
+    assert abs(calibration.fit_temperature(rebuilt, labels) - fitted) > 0.02 * fitted
 
 
 @pytest.mark.parametrize("true_t", [0.6, 2.5])
@@ -118,16 +145,23 @@ def test_training_run_saves_a_calibrated_model_and_reports_it(trained_run: Path)
     assert block["method"] == calibration.METHOD and block["bins"] == 15
     t = block["temperature"]
     assert calibration.MIN_T <= t <= calibration.MAX_T
-    for split in ("val", "test"):
-        assert set(block[split]) == {"nll_before", "nll_after", "ece_before", "ece_after"}
-    assert block["val"]["nll_after"] <= block["val"]["nll_before"] + 1e-9  # T minimised the val NLL
+    # T is fitted on val: its after-figures are in-sample and named so; test is the held-out figure.
+    assert block["fitted_on"] == "val" and "val" not in block
+    for key in ("val_fit_set", "test"):
+        assert set(block[key]) == {"nll_before", "nll_after", "ece_before", "ece_after"}
+    fit = block["val_fit_set"]
+    assert fit["nll_after"] <= fit["nll_before"] + 1e-9  # T minimised the val NLL
     # results["metrics"] come from the saved (calibrated) model: its loss is the calibrated NLL.
-    for split in ("val", "test"):
-        assert results["metrics"][split]["loss"] == pytest.approx(block[split]["nll_after"], rel=1e-4)
+    for split, key in (("val", "val_fit_set"), ("test", "test")):
+        assert results["metrics"][split]["loss"] == pytest.approx(block[key]["nll_after"], rel=1e-4)
     config = json.loads((trained_run / "model" / "config.json").read_text())
     assert config[calibration.CONFIG_KEY] == pytest.approx(t)
     assert (trained_run / "reliability.png").stat().st_size > 0
-    assert calibration.describe(block) in format_final_table(results)
+    table = format_final_table(results)
+    assert calibration.describe(block) in table
+    assert "val (fit set) NLL" in table and "test (held out) NLL" in table
+    rows = {line.split("  ")[0].strip() for line in table.splitlines()[1:4]}
+    assert rows == {"train", "val (fit set)", "test (held out)"}
     assert "calibration" not in format_final_table({k: v for k, v in results.items() if k != "calibration"})
 
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tests.conftest import make_learnable_folder
 
@@ -46,18 +48,30 @@ def _launch(n: int) -> list[str]:
     ]
 
 
-def test_two_processes_train_and_evaluate_exactly_like_one(tmp_path: Path) -> None:
-    data = make_learnable_folder(tmp_path / "data", per_class=12)
-    cache = str(tmp_path / "cache")
-    out = tmp_path / "out"
-    _run([
-        *_launch(2), "train.py", "--data-dir", str(data), "--cache-dir", cache, "--output-dir", str(out),
-        "--pretrained", "false", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
-        "--eval-batch-size", "4", "--report-to", "none",
-    ])  # fmt: skip
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[str]]:
+    """Two identical 2-process trainings (with mixup), each process recording its augmentation draws
+    (tests/record_draws.py): the data folder, the two output folders and the two logs."""
+    tmp = tmp_path_factory.mktemp("two_runs")
+    data = make_learnable_folder(tmp / "data", per_class=12)  # 25 train images: 3 steps of 2 x 4 per epoch
+    outs, logs = [tmp / "a", tmp / "b"], []
+    for out in outs:
+        logs.append(_run([
+            *_launch(2), "tests/record_draws.py", "--data-dir", str(data), "--cache-dir", str(tmp / "cache"),
+            "--output-dir", str(out), "--pretrained", "false", "--model-name", "test_resnet", "--image-size",
+            "32", "--epochs", "2", "--batch-size", "4", "--eval-batch-size", "4", "--mixup-alpha", "0.4",
+            "--report-to", "none",
+        ]))  # fmt: skip
+    return data, outs, logs
+
+
+def test_two_processes_train_and_evaluate_exactly_like_one(two_runs, tmp_path: Path) -> None:
+    data, (out, _), _ = two_runs
+    cache = str(out.parent / "cache")
     results = json.loads((out / "results.json").read_text())
     assert results["num_processes"] == 2 and results["status"] == "completed"
-    assert results["calibration"]["val"]["nll_after"] <= results["calibration"]["val"]["nll_before"]
+    fit = results["calibration"]["val_fit_set"]
+    assert fit["nll_after"] <= fit["nll_before"]
 
     # An eval batch of 4 over 2 processes leaves ragged last batches that Accelerate pads with repeats:
     # gather_for_metrics must drop them, so the counts and metrics match one process exactly.
@@ -82,3 +96,21 @@ def test_two_processes_train_and_evaluate_exactly_like_one(tmp_path: Path) -> No
     n_test = sum(results["data_report"]["splits"]["test"].values())
     assert sum(map(sum, one["confusion_matrix"])) == n_test
     assert one["accuracy"] == results["metrics"]["test"]["accuracy"]
+
+
+def test_each_process_draws_its_own_augmentation_and_two_runs_agree(two_runs) -> None:
+    """Per-process seeds (seed + rank): the two processes' crop/flip/jitter and mixup draws differ, two
+    identical 2-process runs are still equal, and progress counts each process's own steps to 100%."""
+    _, outs, logs = two_runs
+    draws = [[json.loads((out / f"draws_{rank}.json").read_text()) for rank in (0, 1)] for out in outs]
+    (rank0, rank1), _ = draws
+    assert len(rank0) == len(rank1) == 6  # each process trained its own 3 batches a epoch
+    for mine, theirs in zip(rank0, rank1, strict=True):
+        assert mine["torch"] != theirs["torch"]  # crop, flip, jitter
+        assert mine["numpy"] != theirs["numpy"]  # mixup
+    assert draws[0] == draws[1]  # reproducible for a given number of processes
+    a, b = (json.loads((out / "results.json").read_text()) for out in outs)
+    assert a["history"] == b["history"] and a["metrics"] == b["metrics"]
+    wa, wb = (load_file(out / "model" / "model.safetensors") for out in outs)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert "step 6/6 (100%)" in logs[0]  # not "step 6/12 (50%)": the total counts one process's steps

@@ -87,6 +87,15 @@ def test_unknown_metric_is_an_error() -> None:
         load_metric("bleu")
 
 
+def test_one_packaged_module_serves_every_metric() -> None:
+    """One local evaluate module (config_name picks the metric), not one near-identical file per metric."""
+    from trashnet_hf.metrics import METRICS
+
+    loaded = [load_metric(name) for name in METRICS]
+    assert [m.config_name for m in loaded] == list(METRICS)
+    assert len({type(m) for m in loaded}) == 1
+
+
 @pytest.mark.slow  # a fresh interpreter importing evaluate/datasets: ~8 s
 def test_metrics_load_with_the_hub_switched_off_and_unreachable(tmp_path: Path) -> None:
     """A fresh process: nothing cached, HF_HUB_OFFLINE=1 and a dead endpoint, as on an offline machine."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_cosine_schedule_with_warmup
 
-from trashnet_hf.recipe import Objective, balanced_class_weights, make_ema, param_groups
+from trashnet_hf.recipe import Objective, balanced_class_weights, ema_note, make_ema, param_groups, update_ema
 
 
 def _lr_of(groups: list[dict], param: torch.nn.Parameter) -> float:
@@ -73,13 +73,37 @@ def test_mixup_mixes_images_and_targets() -> None:
 def test_ema_trails_the_weights_and_is_off_at_zero() -> None:
     model = torch.nn.Linear(2, 2)
     assert make_ema(model, 0.0) is None
-    ema = make_ema(model, 0.99)
+    ema = make_ema(model, 0.9, warmup_steps=0)
     start = model.weight.detach().clone()
     for step in range(1, 50):
         with torch.no_grad():
             model.weight.add_(0.1)  # weights that keep moving: the average lags behind them
-        ema.update(model, step=step)
+        update_ema(ema, model, step)
     trailing = ema.module.weight
     assert (trailing > start + 1.0).all() and (trailing < model.weight - 0.5).all()
-    # timm's warm-up: a young average follows the weights closely, an old one at the full decay.
-    assert ema.get_decay(5) < 0.8 and ema.get_decay(10**6) == 0.99
+
+
+def test_the_decay_that_acts_is_the_one_set_once_the_warm_up_ends() -> None:
+    """Measured on the weights: EMA_new = d * EMA_old + (1 - d) * model gives the d that acted. timm's
+    warm-up (1 - (1 + t)^(-2/3)) would have given 0, 0.37, 0.52, 0.60, ... here, never 0.9 this early."""
+    model = torch.nn.Linear(3, 2)
+    ema = make_ema(model, 0.9, warmup_steps=3)
+    acted = []
+    for step in range(1, 8):
+        with torch.no_grad():
+            model.weight.mul_(1.5).add_(1.0)  # a new point each step, away from the average
+        before = ema.module.weight.detach().clone()
+        recorded = update_ema(ema, model, step)
+        measured = ((ema.module.weight - model.weight) / (before - model.weight)).mean().item()
+        assert measured == pytest.approx(recorded, abs=1e-5)
+        acted.append(recorded)
+    assert acted == pytest.approx([0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9])  # 3 copies, then exactly 0.9
+
+
+def test_a_run_too_short_for_its_ema_is_told_so() -> None:
+    assert "only copies the weights" in ema_note(0.998, warmup_steps=100, total_steps=40)
+    note = ema_note(0.998, warmup_steps=100, total_steps=440)  # the 8-epoch recipe's 440 steps
+    assert "about 500 steps" in note and "51%" in note  # 0.998 ** 340
+    assert ema_note(0.99, warmup_steps=100, total_steps=440) is None  # 100 steps' horizon fits in 340
+    assert ema_note(0.9, warmup_steps=2, total_steps=12) is None  # 10 steps' horizon, 10 steps averaged
+    assert ema_note(0.0, warmup_steps=100, total_steps=10) is None  # no EMA

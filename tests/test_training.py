@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 from tests.conftest import CLASS_COLOURS, CLASSES, make_learnable_folder
-from trashnet_hf import training
+from trashnet_hf import progress, training
 from trashnet_hf.checkpointing import checkpoints
 from trashnet_hf.config import ConfigError, TrainConfig
 from trashnet_hf.data import DataError
@@ -165,6 +165,27 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
     assert len(run_ids) == 1 and len(list((part / "wandb").glob("offline-run-*"))) == 2
 
 
+@pytest.mark.slow  # a train.py process: ~30 s
+def test_a_log_written_to_a_file_has_no_carriage_return(tmp_path: Path) -> None:
+    """Off a terminal (stdout and stderr into a file) no bar redraws itself: neither ours nor datasets'
+    map, transformers' weight loading and "Writing model shards", or W&B's; progress ends at 100%."""
+    data = make_learnable_folder(tmp_path / "data", per_class=8)
+    log = tmp_path / "train.log"
+    with log.open("w") as stream:
+        subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "--data-dir", str(data), "--output-dir",
+             str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--pretrained", "false",
+             "--model-name", "test_resnet", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+             "--logging-steps", "2", "--report-to", "wandb"],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=stream, stderr=subprocess.STDOUT,
+            timeout=600, check=True,
+        )  # fmt: skip
+    text = log.read_text()
+    assert "Writing model shards" not in text and "Preparing images" not in text
+    assert "\r" not in text
+    assert "step 4/4 (100%)" in text  # 17 train images, batches of 4: 4 steps, the last one logged
+
+
 def test_cpu_allocator_tuning_is_accepted_by_glibc() -> None:
     import platform
 
@@ -179,7 +200,9 @@ def test_core_paths_with_scripted_validation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Early stopping, the best epoch (not the last) in model/, gradient accumulation, step checkpoints
-    and their rotation, one W&B name per quantity, and progress as log lines off a terminal."""
+    and their rotation, one W&B name per quantity, progress as log lines off a terminal, the EMA decay
+    that acted (--ema-decay once --ema-warmup-steps end) in the history and the tracker, and
+    --channels-last false honoured by the model and every batch it sees."""
     scores = iter([0.2, 0.5, 0.4, 0.3, 0.9, 0.9])  # best at epoch 2; patience 2 stops after epoch 4
     weights: list[dict[str, torch.Tensor]] = []
     real_val_predictions = training.val_predictions
@@ -191,15 +214,29 @@ def test_core_paths_with_scripted_validation(
         weights.append({k: v.detach().clone() for k, v in state.items()})
         return preds, {**metrics, "macro_f1": next(scores)}
 
+    layouts: set[tuple[bool, bool]] = set()  # (batch, conv weights) contiguous NCHW, at every forward
+    real_build = training.build_model
+
+    def build_recording(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        conv = next(w for w in model.parameters() if w.dim() == 4)
+        model.register_forward_pre_hook(
+            lambda m, a, kw: layouts.add((kw["pixel_values"].is_contiguous(), conv.is_contiguous())),
+            with_kwargs=True,
+        )  # copied with the model into the EMA, so its validation passes record too
+        return model
+
+    monkeypatch.setattr(training, "build_model", build_recording)
     logged: list[dict] = []
     monkeypatch.setattr(training, "val_predictions", scripted)
     monkeypatch.setattr(training.tracking, "log_metrics", lambda acc, values, step: logged.append(values))
-    monkeypatch.setattr(training, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_LOG_SECONDS", 0.0)
     data = make_learnable_folder(tmp_path / "data", per_class=8)  # 17 train images: 4 batches of 4
     out = tmp_path / "out"
     cfg = _cfg(
         data, out, str(tmp_path / "cache"), epochs=6, patience=2, batch_size=4,
         gradient_accumulation_steps=2, checkpoint_every_steps=1, model_name="test_resnet",
+        ema_decay=0.9, ema_warmup_steps=3, channels_last=False,
         calibrate=False,  # the saved weights are compared with epoch 2's as they were validated
     )  # fmt: skip
     with caplog.at_level(logging.INFO):
@@ -222,12 +259,30 @@ def test_core_paths_with_scripted_validation(
     per_step = set().union(*step_logs)
     per_epoch = set().union(*(v for v in logged if "val/loss" in v))
     final = set().union(*(v for v in logged if any(k.startswith("best_model/") for k in v)))
-    assert per_step == {"train/loss", "train/accuracy", "train/lr", "train/images_per_s", "epoch"}
+    assert per_step == {
+        "train/loss", "train/accuracy", "train/lr", "train/images_per_s", "train/ema_decay", "epoch"
+    }  # fmt: skip
     assert per_epoch == {"val/loss", "val/accuracy", "val/macro_f1"}
     assert {"best_model/train/loss", "best_model/val/accuracy", "best_model/test/macro_f1"} <= final
     assert not per_step & final and not per_epoch & final
+    # The EMA copies the weights for 3 steps, then decays at exactly 0.9 (timm's warm-up gave ~0.6).
+    assert [v["train/ema_decay"] for v in step_logs] == [0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9, 0.9]
+    assert [r["ema_decay"] for r in result.results["history"]] == [0.0, 0.9, 0.9, 0.9]  # steps 2, 4, 6, 8
+    assert layouts == {(True, True)}  # --channels-last false: no channels-last batch or weight anywhere
     # Off a terminal: progress is log lines, no carriage-return bar.
     assert any("step 8/12 (67%)  loss" in r.getMessage() for r in caplog.records)
+
+
+def test_transforms_give_the_memory_layout_asked_for() -> None:
+    from trashnet_hf.data.transforms import EvalTransform, TrainTransform
+    from trashnet_hf.preprocessing import Preprocessing
+
+    pre, batch = Preprocessing(image_size=16), torch.randint(0, 256, (2, 18, 18, 3), dtype=torch.uint8)
+    for transform in (TrainTransform, EvalTransform):
+        nchw = transform(pre, channels_last=False)(batch)
+        assert nchw.is_contiguous() and not nchw.is_contiguous(memory_format=torch.channels_last)
+        default = transform(pre)(batch)
+        assert default.is_contiguous(memory_format=torch.channels_last) and not default.is_contiguous()
 
 
 def test_train_loss_is_plain_cross_entropy() -> None:

@@ -37,17 +37,14 @@ METHOD = "temperature scaling: one T fitted on validation logits (NLL)"
 BINS = 15
 MIN_T, MAX_T = 0.05, 20.0  # far outside what a trained classifier needs; a fit at a bound is reported
 CONFIG_KEY = "calibration_temperature"  # in the model's config.json: the T folded into its head
+FIT_SPLIT = "val"  # the split T is fitted on: its after-calibration figures are in-sample
+# results.json's name for each split's block: the fit set's says so, test is the held-out figure.
+SUMMARY_KEYS = {"val": "val_fit_set", "test": "test"}
+LABELS = {"val_fit_set": "val (fit set)", "test": "test (held out)"}  # in the printed line
 
 
 class CalibrationError(UserError):
     """Calibration cannot run: no validation images, or a head that is not one linear layer."""
-
-
-def logits_from_probs(probs: np.ndarray) -> np.ndarray:
-    """Log-probabilities, which are the logits less a per-row constant: softmax ignores that constant,
-    also after dividing by T, so they stand in for the logits (``predict`` gathers probabilities)."""
-    smallest = np.nextafter(np.float32(0), np.float32(1))  # a float32 softmax underflows to 0 below this
-    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), smallest))
 
 
 def fit_temperature(logits: np.ndarray, labels: Sequence[int] | np.ndarray) -> float:
@@ -107,17 +104,22 @@ def split_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> 
     }
 
 
-def calibration_summary(
-    temperature: float, splits: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> dict[str, Any]:
-    """results.json's "calibration" block: the method, T, the bins and each split's (raw logits, labels)
-    scored before and after."""
+def calibration_summary(temp: float, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """results.json's "calibration" block: the method, T, the bins, the split T was fitted on, and each
+    split's (raw logits, labels) scored before and after, under its SUMMARY_KEYS name ("val_fit_set":
+    T minimised that NLL, so the after figures there are in-sample; "test": held out)."""
     return {
         "method": METHOD,
-        "temperature": temperature,
+        "temperature": temp,
         "bins": BINS,
-        **{name: split_report(logits, labels, temperature) for name, (logits, labels) in splits.items()},
+        "fitted_on": FIT_SPLIT,
+        **{SUMMARY_KEYS[s]: split_report(logits, labels, temp) for s, (logits, labels) in splits.items()},
     }
+
+
+def split_blocks(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The summary's per-split blocks ("val_fit_set", "test"), those it holds."""
+    return {key: summary[key] for key in LABELS if key in summary}
 
 
 def at_bound(temperature: float) -> bool:
@@ -139,11 +141,10 @@ def reliability_panels(
 
 
 def describe(summary: dict[str, Any]) -> str:
-    """One line: T and each split's NLL and ECE, before -> after."""
+    """One line: T and each split's NLL and ECE, before -> after, the fit set named as such."""
     splits = "; ".join(
-        f"{s} NLL {m['nll_before']:.3f} -> {m['nll_after']:.3f}, "
+        f"{LABELS[key]} NLL {m['nll_before']:.3f} -> {m['nll_after']:.3f}, "
         f"ECE {m['ece_before']:.3f} -> {m['ece_after']:.3f}"
-        for s in ("val", "test")
-        if (m := summary.get(s)) is not None
+        for key, m in split_blocks(summary).items()
     )
-    return f"calibration: T = {summary['temperature']:.3f}; {splits}"
+    return f"calibration: T = {summary['temperature']:.3f}, fitted on {FIT_SPLIT}; {splits}"

@@ -46,7 +46,7 @@ SIGNATURE_FLAGS = (
     "model_name", "pretrained", "image_size", "crop_pct", "interpolation", "seed", "train_share", "val_share",
     "test_share", "hash_size", "hash_threshold", "batch_size", "gradient_accumulation_steps", "epochs",
     "learning_rate", "warmup_ratio", "weight_decay", "label_smoothing", "layer_decay", "ema_decay",
-    "mixup_alpha", "cutmix_alpha", "class_weighting", "near_duplicate_threshold",
+    "mixup_alpha", "cutmix_alpha", "class_weighting", "near_duplicate_threshold", "ema_warmup_steps",
 )  # fmt: skip
 
 

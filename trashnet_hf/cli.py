@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from transformers import HfArgumentParser
 
 from trashnet_hf.errors import ConfigError, UserError
+from trashnet_hf.progress import quiet_library_bars
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -141,6 +142,7 @@ def run(
     try:
         configs = parse(types, argv, description, prog)
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        quiet_library_bars()  # off a terminal: no carriage-return bars in the log
         return body(*configs)
     except UserError as err:
         message = " ".join(str(err).split())  # one line, whatever the message held

@@ -47,9 +47,17 @@ class Predictions:
     """A split's predictions, in dataset order, on the host."""
 
     labels: np.ndarray
-    preds: np.ndarray
-    probs: np.ndarray
+    logits: np.ndarray  # float32 (N, C), as the model gave them: calibration fits on these
     loss: float  # mean cross-entropy, without label smoothing, so splits compare on one scale
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.logits.argmax(-1)
+
+    @property
+    def probs(self) -> np.ndarray:
+        """Softmax scores (float32), computed from the logits on demand."""
+        return torch.from_numpy(self.logits).softmax(-1).numpy()
 
     def metrics(self, class_names: Sequence[str]) -> dict[str, Any]:
         return {"loss": self.loss, **compute_metrics(self.preds, self.labels, class_names)}
@@ -59,25 +67,23 @@ class Predictions:
 def predict(
     accelerator: Accelerator, model: nn.Module, loader: DataLoader, transform: nn.Module
 ) -> Predictions:
-    """Run ``model`` over ``loader`` (uint8 batches) and gather every process's predictions."""
+    """Run ``model`` over ``loader`` (uint8 batches) and gather every process's logits and labels."""
     was_training = model.training
     model.eval()
-    probs, labels, losses = [], [], []
+    logits, labels, losses = [], [], []
     for batch in loader:
         with accelerator.autocast():  # also for a model accelerate did not wrap (the EMA copy)
-            logits = model(pixel_values=transform(batch["pixels"])).logits.float()
-        loss = F.cross_entropy(logits, batch["label"], reduction="none")
-        p, y, lo = accelerator.gather_for_metrics((logits.softmax(-1), batch["label"], loss))
-        probs.append(p)
+            out = model(pixel_values=transform(batch["pixels"])).logits.float()
+        loss = F.cross_entropy(out, batch["label"], reduction="none")
+        z, y, lo = accelerator.gather_for_metrics((out, batch["label"], loss))
+        logits.append(z)
         labels.append(y)
         losses.append(lo)
     model.train(was_training)
     # One transfer to the host at the end, not one per batch.
-    all_probs = torch.cat(probs).cpu().numpy()
     return Predictions(
         labels=torch.cat(labels).cpu().numpy(),
-        preds=all_probs.argmax(-1),
-        probs=all_probs,
+        logits=torch.cat(logits).cpu().numpy(),
         loss=float(torch.cat(losses).mean().cpu()),
     )
 

@@ -1,8 +1,9 @@
 """Classification metrics through the ``evaluate`` library, offline.
 
-``evaluate.load("accuracy")`` fetches the metric's code from the Hub, so the modules ship inside the
-package (``metrics_modules/*.py``, same interfaces as the Hub's evaluate-metric modules) and are loaded
-from their local paths; that needs no network and works with HF_HUB_OFFLINE=1.
+``evaluate.load("accuracy")`` fetches the metric's code from the Hub, so one module ships inside the
+package (``classification_metrics.py``: accuracy, precision, recall, f1 and confusion_matrix, chosen by
+``config_name``, with the interfaces of the Hub's evaluate-metric modules) and is loaded from its local
+path; that needs no network and works with HF_HUB_OFFLINE=1.
 
 The calibration metrics (negative log-likelihood, expected calibration error and its reliability bins) are
 a few lines of numpy: no installed library computes a multiclass top-label ECE (torchmetrics does, and is
@@ -22,17 +23,17 @@ import numpy as np
 from scipy.special import log_softmax
 from scipy.stats import binomtest
 
-MODULES_DIR = Path(__file__).parent / "metrics_modules"
+METRIC_MODULE = Path(__file__).with_name("classification_metrics.py")
+METRICS = ("accuracy", "precision", "recall", "f1", "confusion_matrix")  # its config names
 
 
 @functools.cache
 def load_metric(name: str) -> evaluate.EvaluationModule:
-    """One of the packaged metric modules: accuracy, precision, recall, f1 or confusion_matrix."""
-    path = MODULES_DIR / f"{name}.py"
-    if not path.is_file():
-        raise ValueError(f"No packaged metric {name!r} in {MODULES_DIR}")
+    """One of the packaged metrics: accuracy, precision, recall, f1 or confusion_matrix."""
+    if name not in METRICS:
+        raise ValueError(f"No packaged metric {name!r}: {METRIC_MODULE.name} has {', '.join(METRICS)}")
     # keep_in_memory: no Arrow cache files under HF_HOME for a one-shot compute.
-    return evaluate.load(str(path), keep_in_memory=True)
+    return evaluate.load(str(METRIC_MODULE), config_name=name, keep_in_memory=True)
 
 
 def accuracy_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -9,11 +9,14 @@ from trashnet_hf import calibration
 
 def format_final_table(results: dict[str, Any]) -> str:
     """Train/val/test loss, accuracy and F1 side by side (the overfitting report), then per-class test F1."""
-    lines = [f"{'split':<6} {'loss':>8} {'accuracy':>9} {'macro-F1':>9} {'weighted-F1':>12}"]
-    for split in ("train", "val", "test"):
+    labels = {"train": "train", "val": "val (fit set)", "test": "test (held out)"}
+    lines = [f"{'split':<15} {'loss':>8} {'accuracy':>9} {'macro-F1':>9} {'weighted-F1':>12}"]
+    for split, label in labels.items():
         m = results["overfitting"][split]
         scores = f"{m['accuracy']:>9.3f} {m['macro_f1']:>9.3f} {m['weighted_f1']:>12.3f}"
-        lines.append(f"{split:<6} {m['loss']:>8.4f} {scores}")
+        lines.append(f"{label:<15} {m['loss']:>8.4f} {scores}")
+    fitted = "picked the best epoch and fitted T" if "calibration" in results else "picked the best epoch"
+    lines.append(f"val {fitted}, so its figures are in-sample; test is the held-out measure.")
     o = results["overfitting"]
     lines.append(
         f"train-val accuracy gap {o['gap_train_minus_val_accuracy']:+.3f}, "

@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,7 +27,6 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from trashnet_hf import calibration, card, checkpointing, plots, recipe, tracking
@@ -40,12 +38,12 @@ from trashnet_hf.embeddings import backbone_embedder
 from trashnet_hf.evaluation import Predictions, predict
 from trashnet_hf.model import backbone_preprocessing, build_model, load_model, save_model
 from trashnet_hf.preprocessing import Preprocessing
+from trashnet_hf.progress import Progress
 
 logger = get_logger(__name__)  # logs from the main process only
 # Accelerate warns on every rotation of the checkpoints we asked it to rotate: one warning per epoch.
 logging.getLogger("accelerate.accelerator").addFilter(lambda r: "to make room for new" not in r.getMessage())
 
-PROGRESS_LOG_SECONDS = 30.0  # off a terminal: at most one progress line this often
 SUMMARY_KEYS = ("loss", "accuracy", "macro_f1", "weighted_f1")
 
 
@@ -95,13 +93,20 @@ class Parts:
     eval_loaders: dict[str, DataLoader]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    total_steps: int
+    total_steps: int  # optimisation steps of this process over the run (what state.global_step counts)
     objective: recipe.Objective
     ema: ModelEmaV3 | None  # with --ema-decay: the weights that are validated, kept and published
 
     @property
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+    def update_ema(self, step: int) -> float | None:
+        """Average the weights into the EMA after optimisation step ``step``; the decay that acted (None
+        without an EMA)."""
+        if self.ema is None:
+            return None
+        return recipe.update_ema(self.ema, self.accelerator.unwrap_model(self.model), step)
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -186,8 +191,9 @@ def setup(cfg: TrainConfig, out: Path) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=str(out), automatic_checkpoint_naming=True, total_limit=checkpointing.KEEP
         ),
-        # The shuffle order is a function of (seed, epoch): a resumed run sees the same batches.
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # The shuffle order is a function of (seed, epoch), the same on every process (data_seed; by
+        # default Accelerate would take each process's own torch seed): a resumed run sees the same batches.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed),
     )
     accelerator.project_configuration.iteration = checkpointing.next_number(out)
     if precision_that_runs(accelerator) != accelerator.mixed_precision:
@@ -196,7 +202,10 @@ def setup(cfg: TrainConfig, out: Path) -> Accelerator:
             accelerator.mixed_precision,
             accelerator.device.type,
         )
-    set_seed(cfg.seed)
+    # seed + process index: each process draws its own crops, flips, jitter and mixup (the same draws on
+    # every process would waste the extra batches' augmentation); the run stays reproducible for a given
+    # process count. Model init (build_model) and shuffling (data_seed) are seeded with the seed itself.
+    set_seed(cfg.seed, device_specific=True)
     if accelerator.device.type == "cpu":
         tune_cpu_allocator()
     return accelerator
@@ -265,8 +274,52 @@ def write_data_outputs(cfg: TrainConfig, accelerator: Accelerator, data: Prepare
 
 def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) -> Parts:
     """The model with its new head, the device transforms, the loaders, AdamW and the warm-up + cosine
-    schedule, all passed through ``accelerator.prepare``."""
+    schedule, all passed through ``accelerator.prepare``; the EMA of the prepared model's weights."""
     device = accelerator.device
+    train_loader, eval_loaders = make_loaders(cfg, data, device)
+    model = build_model(
+        cfg.model_name, data.class_names, data.preprocessing, cfg.pretrained, cfg.cache_dir, cfg.seed
+    )
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    groups = recipe.param_groups(model.timm_model, cfg.learning_rate, cfg.weight_decay, cfg.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
+    # Counted on the unsharded loader: Accelerate steps the scheduler once per process per update.
+    schedule_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, round(cfg.warmup_ratio * schedule_steps), schedule_steps
+    )
+    model, optimizer, train_loader, scheduler, *prepared = accelerator.prepare(
+        model, optimizer, train_loader, scheduler, *eval_loaders.values()
+    )
+    # Counted on this process's shard: the steps the loop takes (state.global_step), the progress total.
+    total_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
+    if (note := recipe.ema_note(cfg.ema_decay, cfg.ema_warmup_steps, total_steps)) is not None:
+        logger.warning(note)
+    layout = {"channels_last": cfg.channels_last}  # the batches' memory layout, like the model's
+    train_tf = TrainTransform(
+        data.preprocessing, (cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter, **layout
+    )
+    return Parts(
+        accelerator,
+        data,
+        model,
+        train_tf.to(device),
+        EvalTransform(data.preprocessing, **layout).to(device),
+        train_loader,
+        dict(zip(eval_loaders, prepared, strict=True)),
+        optimizer,
+        scheduler,
+        total_steps,
+        make_objective(cfg, data).to(device),
+        recipe.make_ema(accelerator.unwrap_model(model), cfg.ema_decay, cfg.ema_warmup_steps),
+    )
+
+
+def make_loaders(
+    cfg: TrainConfig, data: PreparedData, device: torch.device
+) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """The shuffled train loader and the train/val/test evaluation loaders (not yet prepared)."""
     workers = cfg.num_workers if cfg.num_workers is not None else (2 if device.type == "cuda" else 0)
     pin = device.type == "cuda"
     # drop_last: a last batch of one image breaks BatchNorm, and ragged batches skew the loss.
@@ -277,39 +330,16 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
         s: make_loader(data.splits[s], cfg.eval_batch_size, False, num_workers=workers, pin_memory=pin)
         for s in ("train", "val", "test")
     }
-    model = build_model(
-        cfg.model_name, data.class_names, data.preprocessing, cfg.pretrained, cfg.cache_dir, cfg.seed
-    )
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    groups = recipe.param_groups(model.timm_model, cfg.learning_rate, cfg.weight_decay, cfg.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate)
-    # Counted on the unsharded loader: Accelerate steps the scheduler once per process per update.
-    total_steps = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps) * cfg.epochs
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer, train_loader, scheduler, *prepared = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *eval_loaders.values()
-    )
-    train_tf = TrainTransform(data.preprocessing, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.color_jitter)
+    return train_loader, eval_loaders
+
+
+def make_objective(cfg: TrainConfig, data: PreparedData) -> recipe.Objective:
+    """The loss: label smoothing, mixup/cutmix and (with --class-weighting balanced) class weights."""
     weights = None
     if cfg.class_weighting == "balanced":
         weights = recipe.balanced_class_weights(data.splits["train"]["label"], len(data.class_names))
-    objective = recipe.Objective(
+    return recipe.Objective(
         len(data.class_names), cfg.label_smoothing, cfg.mixup_alpha, cfg.cutmix_alpha, weights
-    )
-    return Parts(
-        accelerator,
-        data,
-        model,
-        train_tf.to(device),
-        EvalTransform(data.preprocessing).to(device),
-        train_loader,
-        dict(zip(eval_loaders, prepared, strict=True)),
-        optimizer,
-        scheduler,
-        total_steps,
-        objective.to(device),
-        recipe.make_ema(accelerator.unwrap_model(model), cfg.ema_decay),
     )
 
 
@@ -352,13 +382,12 @@ class LoopStats:
     back once per window, and the progress display (a bar on a terminal, log lines in a file)."""
 
     def __init__(self, accelerator: Accelerator, total_steps: int, state: TrainerState) -> None:
-        self.accelerator, self.total_steps, self.n_proc = accelerator, total_steps, accelerator.num_processes
+        self.accelerator, self.n_proc = accelerator, accelerator.num_processes
         device = accelerator.device
         self.window = torch.zeros(3, device=device)  # loss sum, correct, seen since the last read
         self.epoch = torch.zeros(3, device=device)
-        self.window_start, self.window_images, self.last_line = time.perf_counter(), 0, -math.inf
-        on_terminal = accelerator.is_local_main_process and sys.stderr.isatty()
-        self.bar = tqdm(total=total_steps, initial=state.global_step, unit="step", disable=not on_terminal)
+        self.window_start, self.window_images = time.perf_counter(), 0
+        self.display = Progress(total_steps, "step", state.global_step, show=accelerator.is_main_process)
 
     def start_epoch(self, carried: list[float]) -> None:
         # A resume mid-epoch carries the epoch's totals so far (summed over processes): spread them.
@@ -394,25 +423,17 @@ class LoopStats:
         return self.accelerator.reduce(self.epoch.clone(), "sum").tolist()
 
     def progress(self, step: int, values: dict[str, float] | None = None) -> None:
-        self.bar.update(step - self.bar.n)
-        if values is None:
-            return
-        self.bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}")
-        now = time.perf_counter()
-        if self.bar.disable and now - self.last_line >= PROGRESS_LOG_SECONDS:
-            self.last_line = now
-            logger.info(
-                "step %d/%d (%.0f%%)  loss %.4f  acc %.3f  %.0f img/s",
-                step,
-                self.total_steps,
-                100 * step / self.total_steps,
-                values["loss"],
-                values["accuracy"],
-                values["images_per_s"],
-            )
+        shown = None
+        if values is not None:
+            shown = {
+                "loss": f"{values['loss']:.4f}",
+                "acc": f"{values['accuracy']:.3f}",
+                "img/s": f"{values['images_per_s']:.0f}",
+            }
+        self.display.update(step, shown)
 
     def close(self) -> None:
-        self.bar.close()
+        self.display.close()
 
 
 def fit(cfg: TrainConfig, p: Parts, state: TrainerState, out: Path) -> str:
@@ -469,15 +490,11 @@ def train_epoch(cfg: TrainConfig, p: Parts, state: TrainerState, stats: LoopStat
         if not acc.sync_gradients:
             continue
         state.global_step += 1
-        if p.ema is not None:
-            p.ema.update(acc.unwrap_model(model), step=state.global_step)
+        ema_decay = p.update_ema(state.global_step)
         window = None
         if state.global_step % cfg.logging_steps == 0:
             window = stats.read_window(state)
-            step_log = {f"train/{k}": v for k, v in window.items()}
-            step_log["train/lr"] = p.scheduler.get_last_lr()[0]
-            step_log["epoch"] = state.epoch + state.step_in_epoch / len(p.train_loader)
-            tracking.log_metrics(acc, step_log, step=state.global_step)
+            log_step(p, state, window, ema_decay)
             if stop.check(acc):
                 state.epoch_totals = stats.epoch_totals()
                 return False
@@ -487,6 +504,16 @@ def train_epoch(cfg: TrainConfig, p: Parts, state: TrainerState, stats: LoopStat
             acc.save_state()
     state.epoch_totals = stats.epoch_totals()
     return True
+
+
+def log_step(p: Parts, state: TrainerState, window: dict[str, float], ema_decay: float | None) -> None:
+    """The logging window's train/* values, the learning rate and the EMA decay that acted."""
+    values = {f"train/{k}": v for k, v in window.items()}
+    values["train/lr"] = p.scheduler.get_last_lr()[0]
+    if ema_decay is not None:
+        values["train/ema_decay"] = ema_decay
+    values["epoch"] = state.epoch + state.step_in_epoch / len(p.train_loader)
+    tracking.log_metrics(p.accelerator, values, step=state.global_step)
 
 
 def val_predictions(p: Parts) -> tuple[Predictions, dict[str, Any]]:
@@ -506,6 +533,8 @@ def validate(p: Parts, state: TrainerState, out: Path, table_rows: list[int], ta
         "train_loss": loss_sum / max(seen, 1),  # plain cross-entropy, on augmented batches
         "train_accuracy": correct / max(seen, 1),
         **{f"val_{k}": metrics[k] for k in ("loss", "accuracy", "macro_f1")},
+        # The decay of the epoch's last EMA update (0 while the EMA still copies the weights).
+        **({"ema_decay": p.ema.get_decay(state.global_step)} if p.ema is not None else {}),
     }
     state.history.append(record)
     improved = metrics["macro_f1"] > state.best_macro_f1
@@ -558,11 +587,11 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
     calibration.set_temperature(best, 1.0)  # a resumed run may find the saved head calibrated already
     model = acc.unwrap_model(p.model)
     model.load_state_dict(best.state_dict())
-    # predict() gathers every process's predictions: each process fits the same T on the same numbers.
+    # predict() gathers every process's logits: each process fits the same T on the same numbers.
     splits = {}
     for s in ("val", "test"):
         preds = predict(acc, p.model, p.eval_loaders[s], p.eval_tf)
-        splits[s] = (calibration.logits_from_probs(preds.probs), preds.labels)
+        splits[s] = (preds.logits, preds.labels)
     temperature = calibration.fit_temperature(*splits["val"])
     summary = calibration.calibration_summary(temperature, splits)
     calibration.set_temperature(model, temperature)
@@ -572,7 +601,8 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
         figure = plots.plot_reliability(panels, out / "reliability.png")
         tracking.log_image(acc, "test/reliability", figure, step=state.global_step)
     acc.wait_for_everyone()  # the calibrated model is on disk before any process reads it back
-    values = {f"calibration/{s}/{k}": v for s in splits for k, v in summary[s].items()}
+    blocks = calibration.split_blocks(summary)  # "val_fit_set" (in-sample after T) and "test"
+    values = {f"calibration/{key}/{k}": v for key, block in blocks.items() for k, v in block.items()}
     tracking.log_metrics(acc, {"calibration/temperature": temperature, **values}, step=state.global_step)
     logger.info("%s", calibration.describe(summary))
     if calibration.at_bound(temperature):

@@ -1,4 +1,5 @@
-"""Batch transforms on the training device: uint8 NHWC batches in, normalised channels-last floats out.
+"""Batch transforms on the training device: uint8 NHWC batches in, normalised channels-last floats out
+(contiguous NCHW with ``channels_last=False``, training's ``--channels-last false``).
 
 The CPU only slices stored uint8 arrays; cropping, flipping, colour jitter and normalisation run on the
 whole batch wherever the batch lives (the GPU when there is one), with every random draw made on that
@@ -24,16 +25,18 @@ def _to_float_nchw(pixels: torch.Tensor) -> torch.Tensor:
 
 
 class _Normalize(nn.Module):
-    """(x - mean) / std, written straight into a channels-last tensor: one pass over the batch."""
+    """(x - mean) / std, written straight into a channels-last tensor (or, with ``channels_last=False``,
+    a contiguous NCHW one): one pass over the batch."""
 
-    def __init__(self, pre: Preprocessing) -> None:
+    def __init__(self, pre: Preprocessing, channels_last: bool = True) -> None:
         super().__init__()
         std = torch.tensor(pre.std).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / std, persistent=False)
         self.register_buffer("shift", -torch.tensor(pre.mean).view(1, 3, 1, 1) / std, persistent=False)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=self.memory_format)
         return torch.addcmul(self.shift, x, self.scale, out=out)
 
 
@@ -41,10 +44,10 @@ class EvalTransform(nn.Module):
     """Centre crop to ``image_size`` and normalise: timm's eval transform applied to stored images, which
     were already resized to ``resize_size`` at preparation time."""
 
-    def __init__(self, pre: Preprocessing) -> None:
+    def __init__(self, pre: Preprocessing, channels_last: bool = True) -> None:
         super().__init__()
         self.size = pre.image_size
-        self.normalize = _Normalize(pre)
+        self.normalize = _Normalize(pre, channels_last)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         h, w = pixels.shape[1:3]
@@ -64,12 +67,13 @@ class TrainTransform(nn.Module):
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
         jitter: float = 0.2,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.size = pre.image_size
         self.scale, self.log_ratio = scale, (math.log(ratio[0]), math.log(ratio[1]))
         self.hflip, self.jitter = hflip, jitter
-        self.normalize = _Normalize(pre)
+        self.normalize = _Normalize(pre, channels_last)
 
     def _uniform(self, n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
         return torch.rand(n, device=device) * (high - low) + low
