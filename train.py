@@ -13,17 +13,18 @@ from __future__ import annotations
 import logging
 import sys
 
-from trashnet_hf import cli
-from trashnet_hf.config import TrainConfig
+from trashnet_hf.core import cli
+from trashnet_hf.core.config import TrainConfig
 
 log = logging.getLogger("train")
 
 
 def run(cfg: TrainConfig) -> int:
     # Imported after parsing: --help and a bad flag answer without loading the training stack.
-    from trashnet_hf import publish
-    from trashnet_hf.report import format_final_table, smoke_run_notice
-    from trashnet_hf.training import train
+    from trashnet_hf.core.results import smoke_run_notice
+    from trashnet_hf.hub import publish
+    from trashnet_hf.training.loop import train
+    from trashnet_hf.training.report import format_final_table
 
     # --push-to-hub: a missing token or an unreachable Hub fails now, in seconds, not after training.
     api = publish.ready_to_push() if cfg.push_to_hub else None

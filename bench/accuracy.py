@@ -4,7 +4,7 @@
     python bench/accuracy.py --from-scratch        # the same architecture and budget, random init
     python bench/accuracy.py -- --layer-decay 0.8  # anything after -- is passed to train.py as it is
 
-It writes the EfficientNet-Lite0 folder (``python -m trashnet_hf.backbones``), runs ``train()`` with
+It writes the EfficientNet-Lite0 folder (``trashnet-hf backbone``), runs ``train()`` with
 train.py's defaults plus ``--epochs 8`` (what fits 10 minutes on 2 CPU cores) and the flags above, and
 prints test accuracy, macro-F1, per-class F1, the best validation macro-F1 (what every recipe choice
 was made on) and the wall time (data preparation is cached after the first run). ``--flip-tta`` also
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from trashnet_hf.backbones import write_lite0_folder
-from trashnet_hf.config import TrainConfig
-from trashnet_hf.metrics import compute_metrics
+from trashnet_hf.core.backbones import write_lite0_folder
+from trashnet_hf.core.config import TrainConfig
+from trashnet_hf.training.metrics import compute_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "trashnet"
@@ -53,17 +53,17 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
 
 
 def data_pre(out: Path):
-    from trashnet_hf.model import load_model, preprocessing_of
+    from trashnet_hf.core.model import load_model, preprocessing_of
 
     return preprocessing_of(load_model(out / "model"))
 
 
 def flip_tta(out: Path, cfg: TrainConfig) -> dict[str, float]:
     """Accuracy on val and test of the saved model, plain and averaged with the mirrored image."""
+    from trashnet_hf.core.model import load_model, preprocessing_of
     from trashnet_hf.data import prepare_data, read_manifest_split
     from trashnet_hf.data.loader import decode_pixels
     from trashnet_hf.data.transforms import EvalTransform
-    from trashnet_hf.model import load_model, preprocessing_of
 
     model = load_model(out / "model").eval()
     pre = preprocessing_of(model)
@@ -85,10 +85,10 @@ def flip_tta(out: Path, cfg: TrainConfig) -> dict[str, float]:
 def main() -> None:
     args, extra = parse()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from trashnet_hf import cli
+    from trashnet_hf.core import cli
     from trashnet_hf.data import prepare_data, read_manifest_split
-    from trashnet_hf.evaluation import serving_agreement
-    from trashnet_hf.training import train
+    from trashnet_hf.training.evaluation import serving_agreement
+    from trashnet_hf.training.loop import train
 
     work = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
     out = args.output_dir or work / "run"

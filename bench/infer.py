@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from transformers import pipeline
 
-from trashnet_hf import export_onnx
-from trashnet_hf.inference import Classifier, open_image
-from trashnet_hf.model import build_model, save_model
-from trashnet_hf.predict import expand_paths, predict_files, write_rows
-from trashnet_hf.preprocessing import Preprocessing
+from trashnet_hf.core.model import build_model, save_model
+from trashnet_hf.core.preprocessing import Preprocessing
+from trashnet_hf.serving import onnx as export_onnx
+from trashnet_hf.serving.classifier import Classifier, open_image
+from trashnet_hf.serving.predict import expand_paths, predict_files, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "trashnet"

@@ -31,7 +31,7 @@ from PIL import Image
 from transformers import TimmWrapperImageProcessor
 from transformers.image_utils import load_image
 
-from trashnet_hf.config import DataConfig
+from trashnet_hf.core.config import DataConfig
 from trashnet_hf.data import prepare_data
 from trashnet_hf.data.images import prepare_batch
 from trashnet_hf.data.loader import decode_pixels

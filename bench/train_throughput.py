@@ -21,12 +21,12 @@ import datasets
 import torch
 import torch.nn.functional as F
 
-from trashnet_hf.config import DataConfig
+from trashnet_hf.core.config import DataConfig
+from trashnet_hf.core.model import build_model
 from trashnet_hf.data import prepare_data
 from trashnet_hf.data.loader import make_loader
 from trashnet_hf.data.transforms import TrainTransform
-from trashnet_hf.model import build_model
-from trashnet_hf.training import tune_cpu_allocator
+from trashnet_hf.training.loop import tune_cpu_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "trashnet"

@@ -124,8 +124,8 @@ def unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The output folder of one tiny training run (random-init ``test_resnet``, 32 px, learnable colours):
     model/, results.json, plots, data report, manifest. Shared by the session: copy it before changing it."""
-    from trashnet_hf.config import TrainConfig
-    from trashnet_hf.training import train
+    from trashnet_hf.core.config import TrainConfig
+    from trashnet_hf.training.loop import train
 
     tmp = tmp_path_factory.mktemp("trained_run")
     cfg = TrainConfig(

@@ -1,4 +1,4 @@
-"""The demo's functions (trashnet_hf.app) on real and bad images, the model lookup and the feedback store.
+"""The demo's functions (serving.app) on real and bad images, the model lookup and the feedback store.
 
 The served model is the session's tiny ``trained_run`` (classes alpha, beta, gamma); every expected score
 comes from ``Classifier.predict`` on the same file, never from a hard-coded number.
@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import jpeg_bytes, photo
-from trashnet_hf import app
-from trashnet_hf.app import (
+from trashnet_hf.core.errors import UserError
+from trashnet_hf.serving import app
+from trashnet_hf.serving.app import (
     BIN_HINTS,
     EMPTY_VERDICT,
     LOW_CONFIDENCE,
@@ -35,9 +36,8 @@ from trashnet_hf.app import (
     resolve_model,
     verdict,
 )
-from trashnet_hf.errors import UserError
-from trashnet_hf.feedback import METADATA_FILE, FeedbackStore
-from trashnet_hf.inference import Classifier, open_image
+from trashnet_hf.serving.classifier import Classifier, open_image
+from trashnet_hf.serving.feedback import METADATA_FILE, FeedbackStore
 
 TRASHNET = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
@@ -245,8 +245,8 @@ def test_examples_prefer_the_space_folder(tmp_path: Path) -> None:
 def test_feedback_is_pushed_only_with_a_dataset_and_a_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from trashnet_hf import hub
-    from trashnet_hf.app import AppArgs, _feedback_store
+    from trashnet_hf.hub import client as hub
+    from trashnet_hf.serving.app import AppArgs, _feedback_store
 
     args = AppArgs(feedback_dir=str(tmp_path / "fb"), feedback_dataset="alice/corrections")
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -278,7 +278,7 @@ def test_feedback_is_pushed_only_with_a_dataset_and_a_token(
 
 
 def test_large_corrections_are_scaled_down(tmp_path: Path) -> None:
-    from trashnet_hf.feedback import MAX_SIDE
+    from trashnet_hf.serving.feedback import MAX_SIDE
 
     store = FeedbackStore(tmp_path, ["a"])
     big = photo(4, (3000, 2000))

@@ -19,9 +19,9 @@ from PIL import Image
 
 from tests.conftest import CLASSES, photo
 from tests.test_app_server import Served, serve
-from trashnet_hf.app import NOT_UPLOADED
-from trashnet_hf.feedback import METADATA_FILE
-from trashnet_hf.inference import open_image
+from trashnet_hf.serving.app import NOT_UPLOADED
+from trashnet_hf.serving.classifier import open_image
+from trashnet_hf.serving.feedback import METADATA_FILE
 
 pytestmark = pytest.mark.slow  # a server of its own: ~10 s with the requests
 

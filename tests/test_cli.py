@@ -1,4 +1,4 @@
-"""The command lines (train.py, ``python -m trashnet_hf.data``, ``python -m trashnet_hf.evaluation``):
+"""The command lines (train.py, ``trashnet-hf data``, ``trashnet-hf evaluate``):
 --help documents every flag, and a bad flag stops before any work with a message naming it."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_learnable_folder
-from trashnet_hf.backbones import BackboneArgs
-from trashnet_hf.backbones import main as backbones_main
-from trashnet_hf.config import ConfigError, DataConfig, TrainConfig
+from trashnet_hf.core.backbones import BackboneArgs
+from trashnet_hf.core.backbones import main as backbones_main
+from trashnet_hf.core.config import ConfigError, DataConfig, TrainConfig
+from trashnet_hf.core.model import DEFAULT_MODEL_NAME
 from trashnet_hf.data.__main__ import main as data_main
-from trashnet_hf.evaluation import EvalArgs
-from trashnet_hf.evaluation import main as eval_main
-from trashnet_hf.model import DEFAULT_MODEL_NAME
+from trashnet_hf.training.evaluation import EvalArgs
+from trashnet_hf.training.evaluation import main as eval_main
 
 ROOT = Path(__file__).resolve().parents[1]
 

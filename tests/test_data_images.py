@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import photo
-from trashnet_hf.config import DataConfig
+from trashnet_hf.core.config import DataConfig
 from trashnet_hf.data import DataError, prepare_data
 from trashnet_hf.data.images import DECODE_ERRORS, decode_frames, load_rgb
 from trashnet_hf.data.loader import decode_pixels

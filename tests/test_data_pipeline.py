@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from tests.conftest import CLASSES, make_hub_zips, make_image_folder
-from trashnet_hf.config import DataConfig
+from trashnet_hf.core.config import DataConfig
 from trashnet_hf.data import prepare_data
 from trashnet_hf.data.__main__ import main
 from trashnet_hf.data.loader import decode_pixels, make_loader

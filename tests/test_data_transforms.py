@@ -13,10 +13,10 @@ from transformers import TimmWrapperImageProcessor
 from transformers.image_utils import load_image
 
 from tests.conftest import jpeg_bytes, photo
+from trashnet_hf.core.preprocessing import Preprocessing
 from trashnet_hf.data.images import prepare_batch, stored_square
 from trashnet_hf.data.loader import decode_pixels
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
-from trashnet_hf.preprocessing import Preprocessing
 
 
 def _grey_levels(ours: torch.Tensor, theirs: torch.Tensor, pre: Preprocessing) -> torch.Tensor:

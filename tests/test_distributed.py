@@ -81,14 +81,21 @@ def test_two_processes_train_and_evaluate_exactly_like_one(two_runs, tmp_path: P
         [
             sys.executable,
             "-m",
-            "trashnet_hf.evaluation",
+            "trashnet_hf.training.evaluation",
             *evaluate,
             "--metrics-file",
             str(tmp_path / "m1.json"),
         ]
     )
     _run(
-        [*_launch(2), "-m", "trashnet_hf.evaluation", *evaluate, "--metrics-file", str(tmp_path / "m2.json")]
+        [
+            *_launch(2),
+            "-m",
+            "trashnet_hf.training.evaluation",
+            *evaluate,
+            "--metrics-file",
+            str(tmp_path / "m2.json"),
+        ]
     )
     one = json.loads((tmp_path / "m1.json").read_text())
     two = json.loads((tmp_path / "m2.json").read_text())

@@ -1,4 +1,4 @@
-"""``python -m trashnet_hf.evaluation``: classes matched by name, and bad inputs stopped with one line.
+"""``trashnet-hf evaluate``: classes matched by name, and bad inputs stopped with one line.
 
 One tiny model is trained once for the module; every data variant is built from the same images, so the
 split of a class's images is the one training made.
@@ -22,18 +22,18 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from tests.conftest import CLASSES, make_learnable_folder
-from trashnet_hf.config import ConfigError, DataConfig, TrainConfig
+from trashnet_hf.core.config import ConfigError, DataConfig, TrainConfig
+from trashnet_hf.core.errors import UserError
+from trashnet_hf.core.model import ModelLoadError, load_model, preprocessing_of
 from trashnet_hf.data import prepare_data
 from trashnet_hf.data.loader import decode_pixels
 from trashnet_hf.data.transforms import EvalTransform
-from trashnet_hf.errors import UserError
-from trashnet_hf.evaluation import EvalArgs, label_mapping
-from trashnet_hf.evaluation import main as eval_main
-from trashnet_hf.model import ModelLoadError, load_model, preprocessing_of
-from trashnet_hf.training import train
+from trashnet_hf.training.evaluation import EvalArgs, label_mapping
+from trashnet_hf.training.evaluation import main as eval_main
+from trashnet_hf.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
-PROG = "python -m trashnet_hf.evaluation"
+PROG = "trashnet-hf evaluate"
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_a_model_without_its_run_says_it_carries_no_record_of_its_split(
     manifest, _ = _foreign_manifest(trained, tmp_path / "other_run.csv", trained_on=5)
     argv = ["--model-dir", str(model_dir), "--data-dir", str(trained["data"]),
             "--cache-dir", str(trained["cache"]), "--split-manifest", str(manifest)]  # fmt: skip
-    with caplog.at_level("WARNING", logger="trashnet_hf.evaluation"):
+    with caplog.at_level("WARNING", logger="trashnet_hf.training.evaluation"):
         assert eval_main(argv) == 0
     assert any("carries no record of the split it was trained on" in r.message for r in caplog.records)
 
@@ -341,7 +341,7 @@ def test_the_command_line_exits_1_with_one_line(trained: dict[str, Path], tmp_pa
     data = _copy_data(trained["data"], tmp_path / "data", {"gamma": "Gamma"})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(
-        [sys.executable, "-m", "trashnet_hf.evaluation", "--model-dir", str(trained["model"]),
+        [sys.executable, "-m", "trashnet_hf.training.evaluation", "--model-dir", str(trained["model"]),
          "--data-dir", str(data), "--cache-dir", str(trained["cache"]),
          "--metrics-file", str(tmp_path / "m.json")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,

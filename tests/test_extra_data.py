@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.conftest import photo
-from trashnet_hf.config import ConfigError, DataConfig
+from trashnet_hf.core.config import ConfigError, DataConfig
 from trashnet_hf.data import prepare_data
 from trashnet_hf.data.sources import DataSourceError
 

@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import constants
 
 from tests.conftest import fake_cache
-from trashnet_hf import hub
+from trashnet_hf.hub import client as hub
 
 HINT = "Pass --data-dir with a local copy."
 

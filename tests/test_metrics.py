@@ -14,7 +14,7 @@ import pytest
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from trashnet_hf.metrics import compute_metrics, load_metric
+from trashnet_hf.training.metrics import compute_metrics, load_metric
 
 CLASSES = ("cardboard", "glass", "metal", "paper", "plastic", "trash")
 
@@ -89,7 +89,7 @@ def test_unknown_metric_is_an_error() -> None:
 
 def test_one_packaged_module_serves_every_metric() -> None:
     """One local evaluate module (config_name picks the metric), not one near-identical file per metric."""
-    from trashnet_hf.metrics import METRICS
+    from trashnet_hf.training.metrics import METRICS
 
     loaded = [load_metric(name) for name in METRICS]
     assert [m.config_name for m in loaded] == list(METRICS)
@@ -105,7 +105,10 @@ def test_metrics_load_with_the_hub_switched_off_and_unreachable(tmp_path: Path) 
         "HF_ENDPOINT": "http://127.0.0.1:9",
         "HF_HOME": str(tmp_path / "hf"),
     }
-    code = "from trashnet_hf.metrics import compute_metrics; print(compute_metrics([0, 1], [0, 0], 'ab'))"
+    code = (
+        "from trashnet_hf.training.metrics import compute_metrics; "
+        "print(compute_metrics([0, 1], [0, 0], 'ab'))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
     )

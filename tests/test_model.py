@@ -15,7 +15,7 @@ from safetensors.torch import save
 from transformers import pipeline
 
 from tests.conftest import fake_cache
-from trashnet_hf.model import (
+from trashnet_hf.core.model import (
     DEFAULT_MODEL_NAME,
     build_model,
     load_model,
@@ -23,7 +23,7 @@ from trashnet_hf.model import (
     save_model,
     timm_architecture,
 )
-from trashnet_hf.preprocessing import Preprocessing
+from trashnet_hf.core.preprocessing import Preprocessing
 
 CLASSES = ("glass", "paper", "trash")
 PREP = Preprocessing(image_size=64, crop_pct=0.9, interpolation="bilinear", mean=(0.5, 0.4, 0.3))

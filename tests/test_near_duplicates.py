@@ -17,16 +17,16 @@ from PIL import Image, ImageOps
 
 from tests.conftest import make_image_folder, photo
 from tests.test_layers import _project_imports, _reaches
-from trashnet_hf import training
-from trashnet_hf.backbones import write_lite0_folder
-from trashnet_hf.config import ConfigError, DataConfig, TrainConfig
+from trashnet_hf.core.backbones import write_lite0_folder
+from trashnet_hf.core.config import ConfigError, DataConfig, TrainConfig
+from trashnet_hf.core.model import backbone_preprocessing
 from trashnet_hf.data import DataError, PreparedData, prepare_data
 from trashnet_hf.data.__main__ import main as data_main
 from trashnet_hf.data.near_duplicates import embed_dataset, embedding_pairs
 from trashnet_hf.data.sources import read_source
 from trashnet_hf.data.split import join_pairs
-from trashnet_hf.embeddings import EMBED_SIZE, backbone_embedder
-from trashnet_hf.model import backbone_preprocessing
+from trashnet_hf.training import loop as training
+from trashnet_hf.training.embeddings import EMBED_SIZE, backbone_embedder
 
 
 @dataclass
@@ -189,8 +189,10 @@ def test_a_threshold_that_is_no_similarity_is_refused_with_one_line(
 
 def test_the_embedder_needs_nothing_of_the_data_stack() -> None:
     graph = _project_imports()
-    assert not [m for m in _reaches(graph, "trashnet_hf.embeddings") if m.startswith("trashnet_hf.data")]
-    assert "trashnet_hf.embeddings" not in _reaches(graph, "trashnet_hf.data")
+    assert not [
+        m for m in _reaches(graph, "trashnet_hf.training.embeddings") if m.startswith("trashnet_hf.data")
+    ]
+    assert "trashnet_hf.training.embeddings" not in _reaches(graph, "trashnet_hf.data")
 
 
 @pytest.fixture(scope="module")

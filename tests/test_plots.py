@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trashnet_hf.plots import confusion_matrix_figure, curves_figure, plot_confusion_matrix, plot_curves
+from trashnet_hf.training.plots import (
+    confusion_matrix_figure,
+    curves_figure,
+    plot_confusion_matrix,
+    plot_curves,
+)
 
 CLASSES = ["cardboard", "glass", "metal"]
 CM = [[5, 1, 0], [2, 7, 0], [0, 3, 12]]

@@ -20,9 +20,10 @@ import pytest
 from huggingface_hub import HfApi, ModelCard, SpaceCard, metadata_load
 from huggingface_hub.errors import HfHubHTTPError
 
-from trashnet_hf import card, hub, publish
-from trashnet_hf.errors import ConfigError, UserError
-from trashnet_hf.publish import PublishArgs
+from trashnet_hf.core.errors import ConfigError, UserError
+from trashnet_hf.hub import card, publish
+from trashnet_hf.hub import client as hub
+from trashnet_hf.hub.publish import PublishArgs
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_TOKEN = "hf_FAKEtokenForTests0123456789abcdefXYZ"
@@ -90,7 +91,7 @@ def test_card_metadata_parses_back_to_the_results(run_dir: Path, tmp_path: Path)
     assert f"{report['grouping']['hash_pairs']} pairs" in text
     assert "![Confusion matrix on the test split](confusion_matrix.png)" in text
     assert 'pipeline("image-classification", model="alice/trashnet")' in text
-    assert "python -m trashnet_hf.predict" in text and "python -m trashnet_hf.export_onnx" in text
+    assert "trashnet-hf predict" in text and "trashnet-hf export" in text
     assert "Thung" in text and "{{" not in text and "{%" not in text
 
 
@@ -168,7 +169,7 @@ def test_publish_args_are_checked_up_front(run_dir: Path, tmp_path: Path) -> Non
 
 
 def test_train_config_checks_the_hub_flags() -> None:
-    from trashnet_hf.config import TrainConfig
+    from trashnet_hf.core.config import TrainConfig
 
     base = {"data_dir": str(ROOT / "trashnet_hf" / "sample"), "report_to": "none"}
     with pytest.raises(ConfigError, match="--push-to-hub needs --hub-model-id"):
@@ -339,7 +340,7 @@ def test_space_folder_imports_on_its_own(run_dir: Path) -> None:
 
 def test_space_only_builds_without_a_run_or_torch(tmp_path: Path) -> None:
     code = (
-        "import sys\nfrom trashnet_hf import publish\n"
+        "import sys\nfrom trashnet_hf.hub import publish\n"
         f"rc = publish.main([{str(tmp_path / 'build')!r}, '--space-only', '--model-repo', 'alice/m', "
         "'--space-repo', 'alice/demo', '--dry-run'])\n"
         "assert rc == 0, rc\nassert 'torch' not in sys.modules, 'publish imported torch'\n"
@@ -571,8 +572,8 @@ def test_a_real_run_under_a_secret_path_publishes_none_of_it(
     """Data, extra data, output and cache folders all under one unique folder, the tokens set while
     training and publishing: no published file, binary or text, holds the folder or a token."""
     from tests.conftest import make_learnable_folder, photo
-    from trashnet_hf.config import TrainConfig
-    from trashnet_hf.training import train
+    from trashnet_hf.core.config import TrainConfig
+    from trashnet_hf.training.loop import train
 
     for name, value in PLANTED.items():
         monkeypatch.setenv(name, value)

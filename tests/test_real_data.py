@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trashnet_hf.config import DataConfig
+from trashnet_hf.core.config import DataConfig
 from trashnet_hf.data import prepare_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
@@ -71,8 +71,8 @@ def test_real_trashnet_split_is_seeded(prepared) -> None:
 
 def test_training_from_scratch_beats_the_majority_class(tmp_path: Path, real_data: Path) -> None:
     """A few CPU minutes at 64 px, random init: clearly better than always answering "paper"."""
-    from trashnet_hf.config import TrainConfig
-    from trashnet_hf.training import train
+    from trashnet_hf.core.config import TrainConfig
+    from trashnet_hf.training.loop import train
 
     cfg = TrainConfig(
         data_dir=str(real_data),

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 from transformers import get_cosine_schedule_with_warmup
 
-from trashnet_hf.recipe import Objective, balanced_class_weights, ema_note, make_ema, param_groups, update_ema
+from trashnet_hf.training.recipe import (
+    Objective,
+    balanced_class_weights,
+    ema_note,
+    make_ema,
+    param_groups,
+    update_ema,
+)
 
 
 def _lr_of(groups: list[dict], param: torch.nn.Parameter) -> float:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trashnet_hf.redact import SECRET_NAME, LeakError, Redactor, Root, known_roots, secret_values
+from trashnet_hf.hub.redact import SECRET_NAME, LeakError, Redactor, Root, known_roots, secret_values
 
 SECRET = "hf_redactTestSecret0123456789"
 

@@ -13,7 +13,7 @@ from accelerate.state import AcceleratorState
 
 from tests.conftest import make_learnable_folder
 from tests.test_cli import train_main
-from trashnet_hf.checkpointing import checkpoints
+from trashnet_hf.training.checkpointing import checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import torch
 from transformers import TimmWrapperImageProcessor
 from transformers.image_utils import load_image
 
+from trashnet_hf.core.preprocessing import Preprocessing
 from trashnet_hf.data.images import prepare_batch
 from trashnet_hf.data.loader import decode_pixels
 from trashnet_hf.data.transforms import EvalTransform
-from trashnet_hf.preprocessing import Preprocessing
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import CLASSES, jpeg_bytes, make_image_folder, photo
 from tests.test_near_duplicates import TURNED, MirrorThumbnail, add_turned_shots
-from trashnet_hf.config import DataConfig
+from trashnet_hf.core.config import DataConfig
 from trashnet_hf.data import Embedder, prepare_data
 from trashnet_hf.data.images import prepare_batch
 

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from accelerate.tracking import WandBTracker
 from PIL import Image
 
-from trashnet_hf.tracking import (
+from trashnet_hf.training.tracking import (
     configure_wandb,
     finish,
     init_trackers,
@@ -68,7 +68,7 @@ def _our_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == "trashnet_hf.tracking" and r.levelno >= logging.WARNING
+        if r.name == "trashnet_hf.training.tracking" and r.levelno >= logging.WARNING
     ]
 
 
@@ -93,7 +93,7 @@ def _records(path: Path, *expected: bytes) -> bytes:
 def test_configure_without_credentials_goes_offline(
     wandb_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="trashnet_hf.tracking"):
+    with caplog.at_level(logging.INFO, logger="trashnet_hf.training.tracking"):
         assert configure_wandb(wandb_env / "first") == "offline"
     assert os.environ["WANDB_MODE"] == "offline"
     assert os.environ["WANDB_ERROR_REPORTING"] == "false"
@@ -142,7 +142,7 @@ def test_offline_run_records_everything(wandb_env: Path, caplog: pytest.LogCaptu
     out = wandb_env / "out"
     assert configure_wandb(out) == "offline"
     accelerator = Accelerator(log_with="wandb", project_dir=str(out))
-    caplog.set_level(logging.INFO, logger="trashnet_hf.tracking")
+    caplog.set_level(logging.INFO, logger="trashnet_hf.training.tracking")
 
     run_id = init_trackers(accelerator, "trashnet-test", {"lr": 0.1}, run_name="e2e", run_id=None)
     assert run_id is not None
@@ -230,7 +230,7 @@ def test_disabled_mode_records_nothing(wandb_env: Path, monkeypatch: pytest.Monk
 
 def test_without_wandb_every_call_is_a_noop(wandb_env: Path, caplog: pytest.LogCaptureFixture) -> None:
     accelerator = Accelerator()  # also what every process but the main one has: no trackers
-    caplog.set_level(logging.DEBUG, logger="trashnet_hf.tracking")
+    caplog.set_level(logging.DEBUG, logger="trashnet_hf.training.tracking")
     missing = wandb_env / "missing"
     # Inputs that would fail (and warn) if anything were really done with them.
     assert init_trackers(accelerator, "trashnet-test", {"lr": 0.1}, run_name="n", run_id="abc") is None
@@ -267,7 +267,7 @@ def test_failing_start_drops_the_trackers(
         raise error
 
     monkeypatch.setattr(*target, refuse)
-    with caplog.at_level(logging.WARNING, logger="trashnet_hf.tracking"):
+    with caplog.at_level(logging.WARNING, logger="trashnet_hf.training.tracking"):
         assert init_trackers(accelerator, "trashnet-test", {"lr": 0.1}, run_name=None, run_id=None) is None
         assert accelerator.trackers == []
         assert wandb.run is None  # no run left open
@@ -297,7 +297,7 @@ def test_failing_tracker_warns_and_carries_on(
     model_dir = wandb_env / "model"
     model_dir.mkdir()
     (model_dir / "weights.bin").write_bytes(b"\0" * 16)
-    caplog.set_level(logging.WARNING, logger="trashnet_hf.tracking")
+    caplog.set_level(logging.WARNING, logger="trashnet_hf.training.tracking")
     assert log_metrics(accelerator, {"train/loss": 0.5}, step=1) is None
     assert log_predictions(accelerator, _images(), LABELS, PROBS, CLASSES, step=1) is None
     assert log_image(accelerator, "test/cm", _png(wandb_env / "cm.png"), step=1) is None

@@ -18,11 +18,12 @@ from safetensors.torch import load_file
 from transformers import pipeline
 
 from tests.conftest import CLASS_COLOURS, CLASSES, make_learnable_folder
-from trashnet_hf import progress, training
-from trashnet_hf.checkpointing import checkpoints
-from trashnet_hf.config import ConfigError, TrainConfig
+from trashnet_hf.core import progress
+from trashnet_hf.core.config import ConfigError, TrainConfig
 from trashnet_hf.data import DataError
-from trashnet_hf.training import train
+from trashnet_hf.training import loop as training
+from trashnet_hf.training.checkpointing import checkpoints
+from trashnet_hf.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,7 +190,7 @@ def test_a_log_written_to_a_file_has_no_carriage_return(tmp_path: Path) -> None:
 def test_cpu_allocator_tuning_is_accepted_by_glibc() -> None:
     import platform
 
-    from trashnet_hf.training import tune_cpu_allocator
+    from trashnet_hf.training.loop import tune_cpu_allocator
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
@@ -274,8 +275,8 @@ def test_core_paths_with_scripted_validation(
 
 
 def test_transforms_give_the_memory_layout_asked_for() -> None:
+    from trashnet_hf.core.preprocessing import Preprocessing
     from trashnet_hf.data.transforms import EvalTransform, TrainTransform
-    from trashnet_hf.preprocessing import Preprocessing
 
     pre, batch = Preprocessing(image_size=16), torch.randint(0, 256, (2, 18, 18, 3), dtype=torch.uint8)
     for transform in (TrainTransform, EvalTransform):

@@ -1,4 +1,4 @@
-"""``python -m trashnet_hf.data``: prepare and split the data, write the report and the manifest."""
+"""``trashnet-hf data``: prepare and split the data, write the report and the manifest."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from trashnet_hf import cli
-from trashnet_hf.config import DataConfig
+from trashnet_hf.core import cli
+from trashnet_hf.core.config import DataConfig
+from trashnet_hf.core.errors import ConfigError
 from trashnet_hf.data import prepare_data, write_outputs
-from trashnet_hf.errors import ConfigError
 
 logger = logging.getLogger("trashnet_hf.data")
 
@@ -47,8 +47,8 @@ def run(cfg: DataConfig) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return cli.run(DataConfig, run, argv, description=__doc__, prog="python -m trashnet_hf.data")
+def main(argv: list[str] | None = None, prog: str = "trashnet-hf data") -> int:
+    return cli.run(DataConfig, run, argv, description=__doc__, prog=prog)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Extra training images (``--extra-data-dir``), such as the demo's corrections (``trashnet_hf.feedback``).
+"""Extra training images (``--extra-data-dir``), such as the demo's corrections (``serving.feedback``).
 
 They go to the train split only, never to validation or test. The main split is made first, without them,
 so adding extra images never moves a main image between splits. Then each extra image is grouped with the
@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from trashnet_hf import files
+from trashnet_hf.core import files
 from trashnet_hf.data.sources import DataSourceError, _from_files, _scandir, _walk, is_image_name
 from trashnet_hf.data.split import join_pairs
 

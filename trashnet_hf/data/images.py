@@ -1,4 +1,4 @@
-"""The batched ``Dataset.map`` step: decode (``trashnet_hf.decoding``, shared with serving), resize as
+"""The batched ``Dataset.map`` step: decode (``trashnet_hf.core.decoding``, shared with serving), resize as
 serving resizes, hash.
 """
 
@@ -15,9 +15,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from trashnet_hf.decoding import DECODE_ERRORS, load_rgb
-from trashnet_hf.decoding import decode as _decode
-from trashnet_hf.decoding import open_lazy as _open
+from trashnet_hf.core.decoding import DECODE_ERRORS, load_rgb
+from trashnet_hf.core.decoding import decode as _decode
+from trashnet_hf.core.decoding import open_lazy as _open
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 

@@ -27,7 +27,7 @@ from datasets.fingerprint import Hasher
 from PIL import Image
 from sklearn.neighbors import radius_neighbors_graph
 
-from trashnet_hf import decoding
+from trashnet_hf.core import decoding
 from trashnet_hf.data import images
 from trashnet_hf.data.images import DECODE_ERRORS, HASH_MIN_SIDE, load_rgb
 

@@ -33,8 +33,9 @@ import datasets
 from datasets.fingerprint import Hasher
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
-from trashnet_hf import files, hub
-from trashnet_hf.errors import UserError
+from trashnet_hf.core import files
+from trashnet_hf.core.errors import UserError
+from trashnet_hf.hub import client as hub
 
 logger = logging.getLogger(__name__)
 
@@ -173,42 +174,67 @@ def _describe(entries: list[os.DirEntry[str]]) -> str:
     return "found " + "; ".join(s for s in (_some(dirs), _some(others)) if s)
 
 
-def _read_tree(root: Path, cache_dir: str | None) -> Source:
-    """List ``root/<class>/**/<image>``, check the layout, and build the dataset (no image is opened)."""
-    entries = _scandir(root)
-    zips, root_images, root_others, folders = [], [], [], []
-    for entry in entries:
+@dataclass
+class _Listing:
+    """The top level of a data folder: its entries, the zips, the images and other files directly in it,
+    and its folders (each listed at any depth)."""
+
+    entries: list[os.DirEntry[str]]
+    zips: list[Path] = field(default_factory=list)
+    root_images: list[str] = field(default_factory=list)
+    root_others: list[Path] = field(default_factory=list)
+    folders: list[_Folder] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[_Folder]:
+        """The folders holding images: the classes, if the layout is right."""
+        return [f for f in self.folders if f.images]
+
+
+def _list_root(root: Path) -> _Listing:
+    """Sort ``root``'s entries into zips, images, other files and folders (listed at any depth)."""
+    listing = _Listing(_scandir(root))
+    for entry in listing.entries:
         path = root / entry.name
         if files.is_dir(entry):
             images: list[Path] = []
             others: list[Path] = []
             _walk(path, frozenset({root.resolve()}), images, others)
-            folders.append(_Folder(path, images, others))
+            listing.folders.append(_Folder(path, images, others))
         elif entry.is_symlink() and not path.exists():
             raise DataSourceError(
                 f"{path}: broken symlink (to {path.readlink()}); fix it or remove it from {root}."
             )
         elif entry.name.lower().endswith(".zip"):
-            zips.append(path)
+            listing.zips.append(path)
         elif is_image_name(entry.name):
-            root_images.append(entry.name)
+            listing.root_images.append(entry.name)
         else:
-            root_others.append(path)
-    classes = [f for f in folders if f.images]
+            listing.root_others.append(path)
+    return listing
 
-    if zips:
-        if classes or root_images:
-            beside = _some([f"{f.path.name}/" for f in classes] + root_images)
-            raise DataSourceError(
-                f"{root} holds both zips ({_some([z.name for z in zips])}) and images ({beside}); pass one "
-                "layout: move the zips out to read the class folders, or the images out to read the zips."
-            )
-        logger.info("Reading %d archive(s) from %s (Hub layout)", len(zips), root)
-        others = [str(p) for p in root_others] + [str(p) for f in folders for p in f.others]
-        return Source(_image_folder(extract_archives(zips, cache_dir), cache_dir), skipped_files=others)
+
+def _read_zips(root: Path, listing: _Listing, cache_dir: str | None) -> Source:
+    """The Hub-layout zips in ``root``, refused when images sit beside them."""
+    classes, zips = listing.classes, listing.zips
+    if classes or listing.root_images:
+        beside = _some([f"{f.path.name}/" for f in classes] + listing.root_images)
+        raise DataSourceError(
+            f"{root} holds both zips ({_some([z.name for z in zips])}) and images ({beside}); pass one "
+            "layout: move the zips out to read the class folders, or the images out to read the zips."
+        )
+    logger.info("Reading %d archive(s) from %s (Hub layout)", len(zips), root)
+    others = [str(p) for p in listing.root_others] + [str(p) for f in listing.folders for p in f.others]
+    return Source(_image_folder(extract_archives(zips, cache_dir), cache_dir), skipped_files=others)
+
+
+def _refuse_misplaced_images(root: Path, listing: _Listing) -> None:
+    """Refuse a tree without images, with images outside any class folder, split in advance, or wrapped
+    in one folder."""
+    classes, root_images = listing.classes, listing.root_images
     if not classes and not root_images:
         raise DataSourceError(
-            f"{root}: no images found ({_describe(entries)}); expected class folders "
+            f"{root}: no images found ({_describe(listing.entries)}); expected class folders "
             f"{root}/<class>/<images> or Hub-layout zips {root}/*.zip."
         )
     if root_images:
@@ -233,12 +259,17 @@ def _read_tree(root: Path, cache_dir: str | None) -> Source:
             f"({_some(only.image_subfolders)}): that is one class named {only.path.name!r}. If the "
             f"subfolders are the classes, pass --data-dir {only.path}."
         )
+
+
+def _refuse_too_few_classes(root: Path, listing: _Listing) -> None:
+    """Refuse a tree of a single class, or with a class folder that holds no image."""
+    classes = listing.classes
     if len(classes) == 1:
         raise DataSourceError(
             f"{root} holds one class folder ({classes[0].path.name}/); a classifier needs at least two: "
             f"add a folder per class, {root}/<class>/<images>."
         )
-    empty = [f for f in folders if not f.images]
+    empty = [f for f in listing.folders if not f.images]
     if empty:
         found = "; ".join(
             f"{f.path.name}/ holds {len(f.others)} file(s), none an image "
@@ -252,14 +283,24 @@ def _read_tree(root: Path, cache_dir: str | None) -> Source:
             "...) to be learnt: add some, or remove the folder."
         )
 
+
+def _read_tree(root: Path, cache_dir: str | None) -> Source:
+    """List ``root/<class>/**/<image>``, check the layout, and build the dataset (no image is opened)."""
+    listing = _list_root(root)
+    if listing.zips:
+        return _read_zips(root, listing, cache_dir)
+    _refuse_misplaced_images(root, listing)
+    _refuse_too_few_classes(root, listing)
+
+    classes = listing.classes
     names = [f.path.name for f in classes]  # already in name order
     paths = [p for f in classes for p in f.images]
     labels = [k for k, f in enumerate(classes) for _ in f.images]
     logger.info("Read the class-folder tree %s: %d images in %d classes", root, len(paths), len(names))
-    skipped_in = [str(p) for f in folders for p in f.others]
+    skipped_in = [str(p) for f in listing.folders for p in f.others]
     return Source(
         _from_files(paths, labels, names),
-        skipped_files=[str(p) for p in root_others] + skipped_in,
+        skipped_files=[str(p) for p in listing.root_others] + skipped_in,
         skipped_in_classes=skipped_in,
     )
 

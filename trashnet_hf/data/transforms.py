@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trashnet_hf.preprocessing import Preprocessing
+from trashnet_hf.core.preprocessing import Preprocessing
 
 
 def _to_float_nchw(pixels: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,199 @@
+"""Serving a trained model: one ``Classifier`` over a model folder, a Hub id or an exported ``.onnx`` file.
+
+Scores equal ``pipeline("image-classification")``'s: the input goes through the same eval transform,
+``TimmWrapperImageProcessor``'s (timm's ``create_transform`` from the model's own ``pretrained_cfg``), and
+the scores are the softmax of the logits, sorted like the pipeline sorts them. The batch CLI
+(``trashnet_hf.serving.predict``), the app and the benchmarks all go through this class.
+
+On a GPU the model runs in channels_last with bf16 autocast (scores then differ from the float32
+pipeline's by ~1e-3, never enough to matter for a 6-class argmax); on a CPU it runs in float32, exactly as
+the pipeline does. Each batch costs one host transfer, never one per image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import TimmWrapperImageProcessor
+
+from trashnet_hf.core.decoding import DECODE_ERRORS, ImageBoundsError, load_rgb
+from trashnet_hf.core.errors import UserError
+from trashnet_hf.core.model import ModelLoadError, load_model
+from trashnet_hf.hub import client as hub
+
+logger = logging.getLogger(__name__)
+
+# Keys of an exported .onnx file's metadata_props (written by trashnet_hf.serving.onnx): with them the
+# file alone is a classifier, no config.json needed.
+ONNX_LABELS_KEY = "trashnet_hf.labels"  # JSON list, in output order
+ONNX_CFG_KEY = "trashnet_hf.pretrained_cfg"  # JSON object: the timm data config of the model
+ONNX_INPUT = "pixel_values"
+ONNX_OUTPUT = "logits"
+
+
+class ImageError(UserError):
+    """A file or bytes that are not a usable image; the message is one line naming it and why."""
+
+
+def open_image(source: str | os.PathLike | bytes, require_side: int = 1) -> Image.Image:
+    """An image as RGB, EXIF-transposed, decoded as training decodes it (``load_rgb``); raises
+    ImageError with a one-line reason (missing, 0 bytes, not an image, too many pixels, a side under
+    ``require_side`` pixels, too thin, truncated...). The size limits are checked from the header, before
+    anything is decoded or resized."""
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError("<bytes>: 0 bytes, not an image")
+    else:
+        path = Path(source)
+        if path.is_dir():
+            raise ImageError(f"{name}: a folder, not an image file")
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise ImageError(f"{name}: cannot read it ({err.strerror})") from err
+        if size == 0:
+            raise ImageError(f"{name}: 0 bytes (an empty file), not an image")
+    try:
+        return load_rgb(source if isinstance(source, bytes) else str(source), require_side=require_side)
+    except ImageBoundsError as err:
+        raise ImageError(f"{name}: {err}") from err
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{name}: too many pixels to decode safely ({err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageError(f"{name}: not an image format Pillow can read") from err
+    except DECODE_ERRORS as err:
+        reason = " ".join(str(err).split()) or "no details"
+        raise ImageError(f"{name}: cannot decode it ({type(err).__name__}: {reason})") from err
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Classifier:
+    """A model with its labels and its pipeline()-identical preprocessing; see ``Classifier.load``."""
+
+    labels: list[str]  # in output order (config.id2label)
+    pretrained_cfg: dict[str, Any]  # the timm data config the preprocessing comes from
+    device: str
+    backend: str  # "torch" or "onnx"
+    _probabilities: Callable[[torch.Tensor], np.ndarray]
+    model: torch.nn.Module | None = None  # the PyTorch model (None for ONNX)
+
+    def __post_init__(self) -> None:
+        # What pipeline() builds from config.json: timm's eval transform of this data config.
+        self.transform = TimmWrapperImageProcessor(pretrained_cfg=self.pretrained_cfg).val_transforms
+
+    @classmethod
+    def load(cls, model: str | os.PathLike, device: str | None = None) -> Classifier:
+        """A local model/ folder (OUT/model), a Hub id (through ``trashnet_hf.hub.client``, cache first) or an
+        exported ``.onnx`` file. ``device``: "cuda", "cpu", ...; default the GPU when there is one."""
+        device = device or default_device()
+        path = Path(model)
+        if path.suffix == ".onnx":
+            return cls._from_onnx(path, device)
+        if path.is_dir():
+            folder = path
+        elif path.exists():
+            raise ModelLoadError(f"{str(model)!r} is a file; pass a model folder, a .onnx file or a Hub id.")
+        elif hub.is_repo_id(str(model)):  # a bare word is likelier a mistyped folder
+            folder = hub.download_model(str(model), hint=f"(No local folder {str(model)!r} exists either.)")
+        else:
+            raise ModelLoadError(
+                f"model {str(model)!r} does not exist; pass a model folder (OUTPUT_DIR/model), a .onnx file "
+                "or a Hub id (user/name)."
+            )
+        return cls.from_model(load_model(folder), device)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, device: str) -> Classifier:
+        """A Classifier over a loaded PyTorch model (``trashnet_hf.core.model.load_model``)."""
+        cuda = torch.device(device).type == "cuda"
+        model = model.to(device).eval()
+        if cuda:
+            model = model.to(memory_format=torch.channels_last)
+
+        @torch.inference_mode()
+        def probabilities(pixel_values: torch.Tensor) -> np.ndarray:
+            x = pixel_values.to(device, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = model(pixel_values=x).logits
+            return logits.float().softmax(-1).cpu().numpy()  # the batch's one host transfer
+
+        names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        logger.info("Loaded a %d-class PyTorch model on %s", len(names), device)
+        return cls(names, dict(model.config.pretrained_cfg), device, "torch", probabilities, model)
+
+    @classmethod
+    def _from_onnx(cls, path: Path, device: str) -> Classifier:
+        import onnxruntime as ort  # optional dependency: only an .onnx model needs it
+
+        if not path.is_file():
+            raise ModelLoadError(
+                f"ONNX model {str(path)!r} does not exist; export one with "
+                "`trashnet-hf export OUT/model --output FILE.onnx`."
+            )
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+
+        try:
+            session = ort.InferenceSession(str(path), providers=providers)
+        except (Fail, InvalidGraph, InvalidProtobuf) as err:  # onnxruntime's errors are plain Exceptions
+            raise ModelLoadError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from err
+        meta = session.get_modelmeta().custom_metadata_map
+        if ONNX_LABELS_KEY not in meta or ONNX_CFG_KEY not in meta:
+            raise ModelLoadError(
+                f"{path} lacks the labels and preprocessing this project's exporter writes into its "
+                "metadata; export it with `trashnet-hf export`."
+            )
+
+        def probabilities(pixel_values: torch.Tensor) -> np.ndarray:
+            (logits,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: pixel_values.numpy()})
+            return torch.from_numpy(logits).float().softmax(-1).numpy()
+
+        labels = json.loads(meta[ONNX_LABELS_KEY])
+        logger.info("Loaded a %d-class ONNX model (%s)", len(labels), ", ".join(session.get_providers()))
+        ran_on = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        return cls(labels, json.loads(meta[ONNX_CFG_KEY]), ran_on, "onnx", probabilities)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """The model input (3, H, W) of one RGB image: exactly what pipeline()'s image processor gives."""
+        return self.transform(image)
+
+    def probabilities(self, pixel_values: torch.Tensor) -> np.ndarray:
+        """Softmax scores (N, classes) of a preprocessed batch (N, 3, H, W), on the host."""
+        return self._probabilities(pixel_values)
+
+    def ranked(self, probs: np.ndarray, top_k: int | None = None) -> list[list[dict[str, Any]]]:
+        """pipeline()'s output for each row of ``probs``: label/score dicts, best first (a stable sort,
+        so ties keep the label order as pipeline()'s do), the first ``top_k`` (None: all)."""
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (or None for all classes), got {top_k}")
+        k = len(self.labels) if top_k is None else min(top_k, len(self.labels))
+        out = []
+        for row in probs.tolist():
+            order = sorted(range(len(row)), key=lambda i, r=row: r[i], reverse=True)[:k]
+            out.append([{"label": self.labels[i], "score": row[i]} for i in order])
+        return out
+
+    def predict(self, images: Sequence[Image.Image], top_k: int | None = None) -> list[list[dict[str, Any]]]:
+        """Per image: ``[{"label", "score"}, ...]`` sorted by score, like pipeline(); top_k None = all."""
+        if not images:
+            return []
+        batch = torch.stack([self.preprocess(im if im.mode == "RGB" else im.convert("RGB")) for im in images])
+        return self.ranked(self.probabilities(batch), top_k)
