@@ -7,9 +7,7 @@
     Classifier's forward on one batch of the same size that is already preprocessed. Timed in alternating
     blocks so drift hits both; the figure is the median ratio. Goal: at least 0.9.
 (b) pipeline("image-classification") on one image file at a time: the latency a user of the Hub model sees.
-(c) ONNX Runtime against PyTorch, both on the CPU, at batch 1 and 32: float32, and int8 (QDQ). The int8
-    accuracy is checked only when --model is a training run's model/ folder (its split_manifest.csv names
-    labelled test photos); for another model the int8 latency is shown and marked unchecked.
+(c) ONNX Runtime against PyTorch, both float32 on the CPU, at batch 1 and 32. (int8: bench/onnx_int8.py.)
 
 Default model: a random-init resnet18 at 224 px, built offline (speed does not depend on the weights).
 """
@@ -96,32 +94,17 @@ def pipeline_latency(model_dir: Path, files: list[Path], device: str, repeats: i
 
 
 def onnx_vs_torch(model_dir: Path, files: list[Path], args: argparse.Namespace) -> None:
-    """(c) CPU latency at batch 1 and 32: PyTorch float32, ONNX Runtime float32 and int8."""
+    """(c) CPU latency at batch 1 and 32: PyTorch and ONNX Runtime, float32."""
     import onnxruntime as ort
 
     torch_cpu = Classifier.load(model_dir, "cpu")
     x32 = torch.stack([torch_cpu.preprocess(open_image(p)) for p in (files * 32)[:32]])
     with tempfile.TemporaryDirectory() as tmp:
-        fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        export_args = export_onnx.ExportArgs(model_dir=str(model_dir), output=str(fp32))
-        checked = export_args.manifest() is not None and not args.skip_int8_check
-        if checked:  # a training run: its val photos calibrate, its test photos decide whether int8 stays
-            export_args = export_onnx.ExportArgs(str(model_dir), str(fp32), int8=True, int8_output=str(int8))
-            try:
-                export_onnx.run(export_args)
-            except export_onnx.Int8RefusedError as err:
-                print(f"    {err}")
-        else:
-            export_onnx.run(export_args)
-            export_onnx.quantize_int8(fp32, int8, [x32[i : i + 8] for i in range(0, 32, 8)], {})
-        status = "accuracy unchecked (no labelled test photos)"
-        if checked:
-            status = "kept by the accuracy check" if int8.exists() else "refused by the accuracy check"
+        fp32 = Path(tmp) / "model.onnx"
+        export_onnx.run(export_onnx.ExportArgs(model_dir=str(model_dir), output=str(fp32)))
         sessions = {"onnx fp32": ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])}
-        if int8.exists():
-            sessions["onnx int8"] = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
         print(f"(c) CPU latency, ms (median of {args.repeats}; speed-up over torch); torch "
-              f"{torch.get_num_threads()} threads, onnxruntime its default; int8 {status}")  # fmt: skip
+              f"{torch.get_num_threads()} threads, onnxruntime its default")  # fmt: skip
         for n in (1, 32):
             x = x32[:n]
             t = {"torch fp32": median_time(lambda x=x: torch_cpu.probabilities(x), args.repeats)}
@@ -153,7 +136,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="Timed calls per latency figure.")
     parser.add_argument("--device", default=None, help="Device for (a) and (b); default: the GPU if any.")
     parser.add_argument("--skip", nargs="*", default=[], choices=["a", "b", "c"], help="Parts to leave out.")
-    parser.add_argument("--skip-int8-check", action="store_true", help="For (c): no accuracy check of int8.")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import make_learnable_folder
+from trashnet_hf.__main__ import main as front_door
 from trashnet_hf.data.__main__ import main as data_main
 from trashnet_hf.serving import onnx as export_onnx
 from trashnet_hf.serving import predict
@@ -79,22 +80,19 @@ def test_backbones_output_dir_that_is_a_file_is_one_line(
     assert user_file.read_text() == "mine"
 
 
-# --- 5b. export_onnx --int8-output X --output X ----------------------------------------------------------
+# --- 5b. export: int8 left the product (bench/onnx_int8.py), so its flags are unknown -------------------
 
 
-@pytest.mark.parametrize("existing", [False, True])
-def test_export_refuses_an_int8_output_that_is_the_float_output(
-    existing: bool, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("flag", ["--int8", "--int8-output", "--calibration-dir", "--max-accuracy-drop"])
+def test_export_refuses_the_int8_flags_as_unknown(
+    flag: str, model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "model.onnx"
-    if existing:
-        out.write_bytes(b"the user's parity-checked float model")
-    argv = [str(model_dir), "--output", str(out), "--int8", "--int8-output", str(out)]
-    assert export_onnx.main([*argv, *(["--overwrite"] if existing else [])]) == 2
+    argv = ["export", str(model_dir), "--output", str(out), flag, *([] if flag == "--int8" else ["x"])]
+    assert front_door(argv) == 2
     line = one_error_line(capsys.readouterr().err, "export")
-    assert "--int8-output" in line and "--output" in line
-    assert out.exists() == existing and (not existing or out.read_bytes().startswith(b"the user's"))
-    assert not list(tmp_path.glob("*.partial.onnx"))
+    assert f"unknown argument {flag}" in line
+    assert list(tmp_path.iterdir()) == [tmp_path / "run"]  # nothing written beside the model's run
 
 
 # --- 5c. evaluation --metrics-file -----------------------------------------------------------------------

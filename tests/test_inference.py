@@ -1,4 +1,4 @@
-"""Serving: Classifier against pipeline(), the batch CLI, the ONNX export (parity, dynamic batch, int8)."""
+"""Serving: Classifier against pipeline(), the batch CLI, the ONNX export (parity, dynamic batch)."""
 
 from __future__ import annotations
 
@@ -217,39 +217,6 @@ def test_export_fails_loudly_and_writes_nothing_when_parity_breaks(
     assert export_onnx.main([str(model_dir), "--output", str(out)]) == 1
     assert "differ from PyTorch's by up to 1.00e-03" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
-
-
-def test_export_refuses_int8_without_photos(model_dir: Path, tmp_path: Path) -> None:
-    bare = tmp_path / "model"
-    bare.mkdir()
-    for f in model_dir.iterdir():
-        (bare / f.name).write_bytes(f.read_bytes())
-    argv = [str(bare), "--output", str(tmp_path / "m.onnx"), "--int8"]
-    assert export_onnx.main(argv) == 2  # no split_manifest.csv beside it, no --calibration-dir
-    assert not (tmp_path / "m.onnx").exists()
-
-
-def test_int8_kept_or_refused_by_test_accuracy(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "model.onnx"
-    argv = [str(model_dir), "--output", str(out), "--int8", "--max-accuracy-drop", "100"]
-    assert export_onnx.main(argv) == 0
-    int8 = out.with_suffix(".int8.onnx")
-    meta = {p.key: p.value for p in onnx.load(str(int8)).metadata_props}
-    report = json.loads(meta[export_onnx.ONNX_INT8_KEY])
-    assert report["test_images"] > 0 and report["calibration_images"] > 0
-    graph_ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= graph_ops
-    assert Classifier.load(int8, device="cpu").labels == Classifier.load(out, device="cpu").labels
-
-    # A loss over the limit: the float file is written, the int8 one refused with the numbers.
-    scores = iter([0.9, 0.8])
-    monkeypatch.setattr(export_onnx, "accuracy", lambda *a: next(scores))
-    int8.unlink()
-    assert export_onnx.main([*argv[:-2], "--overwrite"]) == 1
-    assert "90.00% -> 80.00%" in capsys.readouterr().err
-    assert out.exists() and not int8.exists()
 
 
 @pytest.mark.slow
