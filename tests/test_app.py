@@ -22,18 +22,20 @@ from PIL import Image
 
 from tests.conftest import jpeg_bytes, photo
 from trashnet_hf.core.errors import UserError
+from trashnet_hf.core.model import ModelLoadError
 from trashnet_hf.serving import app
 from trashnet_hf.serving.app import (
     BIN_HINTS,
     EMPTY_VERDICT,
-    LOW_CONFIDENCE,
     MAX_BATCH_FILES,
     NOT_UPLOADED,
     TOP_K,
     Demo,
+    build,
     example_files,
     public_model_name,
     resolve_model,
+    threshold_note,
     verdict,
 )
 from trashnet_hf.serving.classifier import Classifier, open_image
@@ -89,12 +91,13 @@ def test_classify_real_photos_gives_the_classifiers_top_scores(
 
 def test_verdict_gives_the_bin_and_flags_low_confidence() -> None:
     sure = [{"label": "glass", "score": 0.93}, {"label": "plastic", "score": 0.05}]
-    text = verdict(sure, TRASHNET, 0.012, "cpu")
+    text = verdict(sure, TRASHNET, 0.012, "cpu", 0.6)
     assert BIN_HINTS["glass"] in text and "Not sure" not in text and "12 ms on CPU" in text
-    unsure = [{"label": "plastic", "score": LOW_CONFIDENCE - 0.01}, {"label": "glass", "score": 0.3}]
-    text = verdict(unsure, TRASHNET, 0.012, "cpu")
+    unsure = [{"label": "plastic", "score": 0.72}, {"label": "glass", "score": 0.2}]
+    text = verdict(unsure, TRASHNET, 0.012, "cpu", 0.73)  # the threshold passed in, not a constant
     assert BIN_HINTS["plastic"] in text and "Not sure" in text and "one of the 6 kinds" in text
-    assert "Not sure" not in verdict([{"label": "metal", "score": LOW_CONFIDENCE}], TRASHNET, 0.0, "cpu")
+    assert "under 73.0%" in text
+    assert "Not sure" not in verdict([{"label": "metal", "score": 0.73}], TRASHNET, 0.0, "cpu", 0.73)
 
 
 def _write(folder: Path, name: str, make) -> Path:
@@ -161,13 +164,66 @@ def test_batch_gives_one_row_per_file_and_the_same_csv(
     for row, path in zip([rows[0], *rows[2:]], good, strict=True):
         top = expected_top(classifier, path)[0]
         assert row[1] == top["label"] and row[2] == pytest.approx(top["score"], abs=1e-4)
-        assert row[3] == ("not sure" if top["score"] < LOW_CONFIDENCE else "")
+        assert row[3] == ("not sure" if top["score"] < classifier.low_confidence else "")
     with Path(csv_path).open(newline="") as f:
         read = list(csv.reader(f))
     assert read == [
         ["file", "label", "score", "note"],
         *[["" if v is None else str(v) for v in r] for r in rows],
     ]
+
+
+def _model_with_threshold(trained_run: Path, folder: Path, threshold: float | None) -> Classifier:
+    """The tiny run's model with ``threshold`` stored in its config.json (None: no threshold, as in a model
+    trained before thresholds were stored)."""
+    shutil.copytree(trained_run / "model", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("low_confidence_threshold", None)
+    config.pop("low_confidence_rule", None)
+    if threshold is not None:
+        config.update(low_confidence_threshold=threshold, low_confidence_rule="a rule for the test")
+    (folder / "config.json").write_text(json.dumps(config))
+    return Classifier.load(folder, device="cpu")
+
+
+def test_app_flags_by_the_threshold_the_model_stores(
+    trained_run: Path, classifier: Classifier, image_folder: Path, tmp_path: Path
+) -> None:
+    path = sorted(image_folder.glob("*/*.jpg"))[0]
+    p = expected_top(classifier, path)[0]["score"]
+    # A stored threshold on the other side of the photo's score from the default 0.6.
+    stored = (p + 1) / 2 if p >= 0.6 else p / 2
+    own = _model_with_threshold(trained_run, tmp_path / "model", stored)
+    assert own.low_confidence == stored and own.low_confidence_rule == "a rule for the test"
+    demo = Demo(own, "test-model", FeedbackStore(tmp_path / "feedback", own.labels))
+    _, text = demo.classify(upload(path))
+    assert ("Not sure" in text) == (p < stored) and ("Not sure" in text) != (p < 0.6)
+    rows, _ = demo.classify_batch([upload(path)])
+    assert rows[0][3] == ("not sure" if p < stored else "")
+    note = threshold_note(own)
+    assert f"under {stored:.1%}" in note and "this model stores" in note
+    page = build(demo, [])
+    assert note in [c.get("props", {}).get("value") for c in page.config["components"]]
+
+
+def test_a_model_without_a_threshold_uses_the_default_and_says_so(
+    trained_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO", logger="trashnet_hf.serving.classifier"):
+        old = _model_with_threshold(trained_run, tmp_path / "model", None)
+    assert old.low_confidence == 0.6 and old.low_confidence_rule is None
+    assert "stores no low-confidence threshold" in caplog.text and "default 0.6" in caplog.text
+    assert "under 60.0% (the default" in threshold_note(old)
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, "0.7", True])
+def test_a_stored_threshold_that_is_not_a_score_is_refused(
+    bad: object, trained_run: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(
+        ModelLoadError, match=f"low_confidence_threshold must be a score between 0 and 1, got {bad!r}"
+    ):
+        _model_with_threshold(trained_run, tmp_path / "model", bad)
 
 
 def test_batch_refuses_nothing_and_too_much(demo: Demo, image_folder: Path) -> None:

@@ -189,3 +189,85 @@ def test_reliability_plot_is_written(tmp_path: Path) -> None:
     path = plots.plot_reliability(calibration.reliability_panels(1.8, logits, labels), tmp_path / "r.png")
     with Image.open(path) as img:
         assert img.format == "PNG" and img.width > img.height  # two panels side by side
+
+
+# --- The "not sure" threshold -------------------------------------------------------------------------
+
+
+def _scored(tops: list[float], right: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """3-class scores with the given top scores (class 0 on top) and labels that make each right or wrong."""
+    tops_a = np.asarray(tops, dtype=np.float64)
+    rest = (1 - tops_a) / 2
+    probs = np.stack([tops_a, rest, rest], axis=1)
+    return probs, np.where(right, 0, 1)
+
+
+def _brute_force_threshold(tops: np.ndarray, right: np.ndarray) -> float:
+    """The rule read literally: every observed top score t, the photos scoring t or more, the lowest t
+    whose set is right 95% of the time (the upper clamp when none is), then the clamp."""
+    passing = [t for t in sorted(set(tops.tolist())) if right[tops >= t].mean() >= 0.95]
+    t = passing[0] if passing else 0.9
+    return min(max(t, 0.5), 0.9)
+
+
+def test_threshold_rule_counts_every_tie_of_a_score() -> None:
+    # 40 right at 0.9; 10 at 0.7 (the 5 right ones first); 10 wrong at 0.55. At or above 0.7: 45 of 50,
+    # 90%, so 0.7 fails although its 5 right ties alone would pass; at or above 0.9: 40 of 40.
+    tops = [0.9] * 40 + [0.7] * 10 + [0.55] * 10
+    right = [True] * 40 + [True] * 5 + [False] * 5 + [False] * 10
+    threshold, rule = calibration.low_confidence_threshold(*_scored(tops, right))
+    assert threshold == pytest.approx(0.9) and "95%" in rule and "60 validation photos" in rule
+    # 8 of the 10 at 0.7 right instead: 48 of 50 = 96% at or above 0.7; 50 of 60 at or above 0.55.
+    right = [True] * 48 + [False] * 12
+    assert calibration.low_confidence_threshold(*_scored(tops, right))[0] == pytest.approx(0.7)
+    report = calibration.threshold_report(0.7, *_scored(tops, right))
+    assert report == {
+        "images": 60, "flagged_share": pytest.approx(10 / 60),
+        "accuracy_below": 0.0, "accuracy_at_or_above": pytest.approx(48 / 50),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_threshold_rule_matches_the_rule_read_literally(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 400))
+    tops = np.round(rng.uniform(0.35, 1.0, n), 2)  # rounded: many ties
+    right = rng.random(n) < tops ** (0.3 + seed / 4)  # calibrated-ish to over-confident
+    expected = _brute_force_threshold(tops, right)
+    threshold, _ = calibration.low_confidence_threshold(*_scored(tops.tolist(), right.tolist()))
+    assert threshold == pytest.approx(expected)
+
+
+def test_threshold_is_clamped_and_falls_back_below_50_photos() -> None:
+    # All right: every set passes, the lowest score (0.4) is the rule's t, clamped up to 0.5.
+    assert calibration.low_confidence_threshold(*_scored([0.4] * 30 + [0.95] * 30, [True] * 60))[0] == 0.5
+    # The best-scoring photos all wrong: no set passes, the upper clamp.
+    tops, right = [0.99] * 10 + [0.8] * 50, [False] * 10 + [True] * 50
+    assert calibration.low_confidence_threshold(*_scored(tops, right))[0] == 0.9
+    threshold, rule = calibration.low_confidence_threshold(*_scored([0.99] * 49, [False] * 49))
+    assert threshold == 0.6 and "49 validation photos, under the 50" in rule
+
+
+def test_training_run_stores_the_threshold_in_config_and_results(trained_run: Path) -> None:
+    from trashnet_hf.core.manifest import MANIFEST_FILE, read_manifest
+    from trashnet_hf.serving.classifier import Classifier
+
+    low = json.loads((trained_run / "results.json").read_text())["calibration"]["low_confidence"]
+    config = json.loads((trained_run / "model" / "config.json").read_text())
+    assert config["low_confidence_threshold"] == low["threshold"]
+    assert config["low_confidence_rule"] == low["rule"]
+    assert low["target_accuracy"] == 0.95 and low["range"] == [0.5, 0.9] and low["min_images"] == 50
+    # The tiny run's validation split is far under 50 photos: the default, said so.
+    val = [r for r in read_manifest(trained_run / MANIFEST_FILE) if r["split"] == "val"]
+    assert 0 < len(val) < 50 and low["fallback"] is True and low["threshold"] == 0.6
+    assert f"{len(val)} validation photos, under the 50" in low["rule"]
+    # The reported split of val, recomputed from the saved (calibrated) model on the val photos.
+    classifier = Classifier.load(trained_run / "model", device="cpu")
+    top = [r[0] for r in classifier.predict([Image.open(row["path"]).convert("RGB") for row in val], top_k=1)]
+    flagged = [t["score"] < low["threshold"] for t in top]
+    right = [t["label"] == row["label"] for t, row in zip(top, val, strict=True)]
+    fit = low["val_fit_set"]
+    assert fit["images"] == len(val) and fit["flagged_share"] == pytest.approx(np.mean(flagged))
+    above = [r for r, f in zip(right, flagged, strict=True) if not f]
+    assert fit["accuracy_at_or_above"] == (pytest.approx(np.mean(above)) if above else None)
+    assert low["test"]["images"] > 0

@@ -18,7 +18,15 @@ from trashnet_hf.core.model import ModelLoadError
 from trashnet_hf.hub.client import HubUnavailableError
 from trashnet_hf.serving import onnx as export_onnx
 from trashnet_hf.serving import predict
-from trashnet_hf.serving.classifier import ONNX_CFG_KEY, ONNX_LABELS_KEY, Classifier, ImageError, open_image
+from trashnet_hf.serving.classifier import (
+    ONNX_CFG_KEY,
+    ONNX_LABELS_KEY,
+    ONNX_RULE_KEY,
+    ONNX_THRESHOLD_KEY,
+    Classifier,
+    ImageError,
+    open_image,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "trashnet_hf" / "sample"
 
@@ -196,6 +204,12 @@ def test_onnx_export_parity_dynamic_batch_and_metadata(model_dir: Path, onnx_fil
     meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
     assert json.loads(meta[ONNX_LABELS_KEY]) == torch_classifier.labels
     assert json.loads(meta[ONNX_CFG_KEY]) == torch_classifier.pretrained_cfg
+    # The model's own "not sure" threshold travels with the file, and the ONNX classifier reads it.
+    stored = json.loads((model_dir / "config.json").read_text())["low_confidence_threshold"]
+    assert json.loads(meta[ONNX_THRESHOLD_KEY]) == stored == torch_classifier.low_confidence
+    onnx_classifier = Classifier.load(onnx_file, device="cpu")
+    assert onnx_classifier.low_confidence == stored
+    assert onnx_classifier.low_confidence_rule == torch_classifier.low_confidence_rule == meta[ONNX_RULE_KEY]
 
 
 def test_onnx_classifier_agrees_with_torch(model_dir: Path, onnx_file: Path) -> None:

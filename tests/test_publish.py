@@ -116,6 +116,21 @@ def test_card_reports_calibration_when_present_and_says_not_calibrated_otherwise
     assert "Not calibrated" in text and "reliability.png" not in text
 
 
+def test_card_states_the_not_sure_threshold_and_its_rule_when_the_run_has_one(run_dir: Path) -> None:
+    results = _results(run_dir)
+    low = results["calibration"]["low_confidence"]  # the tiny run's own block, values changed
+    low.update(threshold=0.6234, rule="the rule under test, 400 validation photos")
+    low["val_fit_set"]["flagged_share"] = 0.085
+    _write_results(run_dir, results)
+    text = card.render_card(run_dir).text
+    assert '"Not sure" threshold: 0.623 on the top score (the rule under test, 400 validation photos)' in text
+    assert "8.5% of the validation photos" in text and "`low_confidence_threshold`" in text
+
+    del results["calibration"]["low_confidence"]  # a run from before thresholds were stored
+    _write_results(run_dir, results)
+    assert '"Not sure" threshold' not in card.render_card(run_dir).text
+
+
 def test_card_names_the_real_base_model_and_copes_with_older_reports(run_dir: Path, tmp_path: Path) -> None:
     results = _results(run_dir)
     results["config"] |= {"pretrained": True, "model_name": "timm/resnet18.a1_in1k"}

@@ -30,6 +30,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "timm/resnet18.a1_in1k"
 PRETRAINED_HINT = "Or pass --pretrained false to train from a randomly initialised backbone."
+# The app's "not sure" threshold on the calibrated top score, in config.json: training.calibration
+# computes it on the validation split and writes both keys; serving reads them (and falls back to
+# DEFAULT_LOW_CONFIDENCE, the value measured on one Lite0 run, for a model that has none).
+THRESHOLD_KEY = "low_confidence_threshold"
+THRESHOLD_RULE_KEY = "low_confidence_rule"  # one line: the rule and its parameters, or why the default
+DEFAULT_LOW_CONFIDENCE = 0.6
 # Source pretrained_cfg keys that stay true once our head and preprocessing replace the checkpoint's;
 # the rest (test-time sizes, ImageNet label names, weight URLs, pool size) would describe another model.
 _KEPT_CFG_KEYS = ("first_conv", "classifier", "fixed_input_size")

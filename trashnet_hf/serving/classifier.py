@@ -12,6 +12,7 @@ the pipeline does. Each batch costs one host transfer, never one per image.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,13 @@ from transformers import TimmWrapperImageProcessor
 
 from trashnet_hf.core.decoding import DECODE_ERRORS, ImageBoundsError, load_rgb
 from trashnet_hf.core.errors import UserError
-from trashnet_hf.core.model import ModelLoadError, load_model
+from trashnet_hf.core.model import (
+    DEFAULT_LOW_CONFIDENCE,
+    THRESHOLD_KEY,
+    THRESHOLD_RULE_KEY,
+    ModelLoadError,
+    load_model,
+)
 from trashnet_hf.hub import client as hub
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,8 @@ logger = logging.getLogger(__name__)
 # file alone is a classifier, no config.json needed.
 ONNX_LABELS_KEY = "trashnet_hf.labels"  # JSON list, in output order
 ONNX_CFG_KEY = "trashnet_hf.pretrained_cfg"  # JSON object: the timm data config of the model
+ONNX_THRESHOLD_KEY = f"trashnet_hf.{THRESHOLD_KEY}"  # JSON number, when the model has one
+ONNX_RULE_KEY = f"trashnet_hf.{THRESHOLD_RULE_KEY}"  # its rule, one line
 ONNX_INPUT = "pixel_values"
 ONNX_OUTPUT = "logits"
 
@@ -76,6 +85,22 @@ def open_image(source: str | os.PathLike | bytes, require_side: int = 1) -> Imag
         raise ImageError(f"{name}: cannot decode it ({type(err).__name__}: {reason})") from err
 
 
+def low_confidence_of(value: Any, rule: Any, name: str) -> tuple[float, str | None]:
+    """The "not sure" threshold a model stores (config.json, or an .onnx file's metadata, named ``name``)
+    and the rule that set it; (DEFAULT_LOW_CONFIDENCE, None), logged, for a model that stores none
+    (trained before thresholds were stored, with --calibrate false, or elsewhere). ModelLoadError for a
+    value that is not a score in (0, 1)."""
+    if value is None:
+        logger.info(
+            "%s stores no low-confidence threshold (%s): 'not sure' under the default %s",
+            name, THRESHOLD_KEY, DEFAULT_LOW_CONFIDENCE,
+        )  # fmt: skip
+        return DEFAULT_LOW_CONFIDENCE, None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ModelLoadError(f"{name}: {THRESHOLD_KEY} must be a score between 0 and 1, got {value!r}")
+    return float(value), str(rule or "rule not recorded")
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -90,6 +115,10 @@ class Classifier:
     backend: str  # "torch" or "onnx"
     _probabilities: Callable[[torch.Tensor], np.ndarray]
     model: torch.nn.Module | None = None  # the PyTorch model (None for ONNX)
+    # The app's "not sure" threshold on the top score, and the rule that set it (low_confidence_of); None:
+    # the model stores no threshold and this is DEFAULT_LOW_CONFIDENCE.
+    low_confidence: float = DEFAULT_LOW_CONFIDENCE
+    low_confidence_rule: str | None = None
 
     def __post_init__(self) -> None:
         # What pipeline() builds from config.json: timm's eval transform of this data config.
@@ -135,7 +164,10 @@ class Classifier:
 
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         logger.info("Loaded a %d-class PyTorch model on %s", len(names), device)
-        return cls(names, dict(model.config.pretrained_cfg), device, "torch", probabilities, model)
+        cfg = model.config
+        rule = getattr(cfg, THRESHOLD_RULE_KEY, None)
+        low = low_confidence_of(getattr(cfg, THRESHOLD_KEY, None), rule, "config.json")
+        return cls(names, dict(cfg.pretrained_cfg), device, "torch", probabilities, model, *low)
 
     @classmethod
     def _from_onnx(cls, path: Path, device: str) -> Classifier:
@@ -169,7 +201,11 @@ class Classifier:
         labels = json.loads(meta[ONNX_LABELS_KEY])
         logger.info("Loaded a %d-class ONNX model (%s)", len(labels), ", ".join(session.get_providers()))
         ran_on = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-        return cls(labels, json.loads(meta[ONNX_CFG_KEY]), ran_on, "onnx", probabilities)
+        stored = meta.get(ONNX_THRESHOLD_KEY)
+        with contextlib.suppress(ValueError):  # not JSON: low_confidence_of refuses it, the value named
+            stored = None if stored is None else json.loads(stored)
+        low = low_confidence_of(stored, meta.get(ONNX_RULE_KEY), f"{path.name}'s metadata")
+        return cls(labels, json.loads(meta[ONNX_CFG_KEY]), ran_on, "onnx", probabilities, None, *low)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """The model input (3, H, W) of one RGB image: exactly what pipeline()'s image processor gives."""

@@ -35,6 +35,8 @@ from trashnet_hf.serving.classifier import (
     ONNX_INPUT,
     ONNX_LABELS_KEY,
     ONNX_OUTPUT,
+    ONNX_RULE_KEY,
+    ONNX_THRESHOLD_KEY,
     Classifier,
     open_image,
 )
@@ -229,6 +231,9 @@ def run(args: ExportArgs) -> int:
         ONNX_CFG_KEY: json.dumps(classifier.pretrained_cfg),
         "trashnet_hf.architecture": str(model.config.architecture),
     }
+    if classifier.low_confidence_rule is not None:  # the model's own "not sure" threshold travels with it
+        metadata[ONNX_THRESHOLD_KEY] = json.dumps(classifier.low_confidence)
+        metadata[ONNX_RULE_KEY] = classifier.low_confidence_rule
     out = Path(args.output)
     partial = out.with_suffix(".partial.onnx")  # renamed into place only once the parity check passes
     try:

@@ -11,6 +11,10 @@ no extra code.
 The fit is scipy's bounded Brent search over log T (``minimize_scalar``), not torch's LBFGS: the problem
 has one parameter and is unimodal (the NLL is convex in 1/T), so a bracketing search finds its minimum
 without a learning rate, an iteration budget or a line search to tune, deterministically in float64.
+
+The same validation scores, once calibrated, set the app's "not sure" threshold (``low_confidence``): the
+lowest top score t such that the validation photos scoring t or more are right at least 95% of the time,
+clamped to [0.5, 0.9]. Stored in config.json beside T, so each model carries its own.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from scipy.special import softmax
 from torch import nn
 
 from trashnet_hf.core.errors import UserError
+from trashnet_hf.core.model import DEFAULT_LOW_CONFIDENCE, THRESHOLD_KEY, THRESHOLD_RULE_KEY
 from trashnet_hf.training.metrics import (
     ReliabilityBins,
     expected_calibration_error,
@@ -41,6 +46,17 @@ FIT_SPLIT = "val"  # the split T is fitted on: its after-calibration figures are
 # results.json's name for each split's block: the fit set's says so, test is the held-out figure.
 SUMMARY_KEYS = {"val": "val_fit_set", "test": "test"}
 LABELS = {"val_fit_set": "val (fit set)", "test": "test (held out)"}  # in the printed line
+# The "not sure" rule: the answers the app does not flag should be right 19 times in 20 (on the
+# validation split, as the old fixed 0.6 was, 95% above it on a Lite0 run). The clamp keeps the notice
+# meaningful: under 0.5 a calibrated model expects to be wrong more often than right, so that is always
+# flagged; over 0.9 a weak model would flag most of its answers and the notice would say nothing.
+TARGET_ACCURACY = 0.95
+THRESHOLD_RANGE = (0.5, 0.9)
+MIN_THRESHOLD_IMAGES = 50  # fewer validation photos: one mistake moves the accuracy by over 2 points
+RULE = (
+    f"the lowest top score t at which validation photos scoring t or more are right at least "
+    f"{TARGET_ACCURACY:.0%} of the time, clamped to [{THRESHOLD_RANGE[0]}, {THRESHOLD_RANGE[1]}]"
+)
 
 
 class CalibrationError(UserError):
@@ -89,8 +105,52 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
     head.bias.div_(factor)
     if temperature != 1.0:
         setattr(model.config, CONFIG_KEY, float(temperature))
-    elif hasattr(model.config, CONFIG_KEY):  # a raw head again: config.json says nothing of a temperature
-        delattr(model.config, CONFIG_KEY)
+        return
+    # A raw head again: config.json says nothing of a temperature, nor of a threshold set on its scores.
+    for key in (CONFIG_KEY, THRESHOLD_KEY, THRESHOLD_RULE_KEY):
+        if hasattr(model.config, key):
+            delattr(model.config, key)
+
+
+def low_confidence_threshold(probs: np.ndarray, labels: Sequence[int] | np.ndarray) -> tuple[float, str]:
+    """The "not sure" threshold of these (calibrated, validation) scores and the rule's one-line account:
+    RULE, or DEFAULT_LOW_CONFIDENCE when there are under MIN_THRESHOLD_IMAGES photos."""
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    n = len(labels)
+    if n < MIN_THRESHOLD_IMAGES:
+        return DEFAULT_LOW_CONFIDENCE, (
+            f"the default {DEFAULT_LOW_CONFIDENCE}: {n} validation photos, under the {MIN_THRESHOLD_IMAGES} "
+            "the rule needs"
+        )
+    top, right = probs.max(axis=-1), probs.argmax(axis=-1) == labels
+    order = np.argsort(-top, kind="stable")
+    top, right = top[order], right[order]
+    accuracy = np.cumsum(right) / np.arange(1, n + 1)  # of the k best-scoring photos, k = 1..n
+    # "Scoring t or more" takes in every tie of t: only the last photo of a run of equal scores ends a set.
+    ends = np.append(top[:-1] > top[1:], True)
+    passing = np.flatnonzero(ends & (accuracy >= TARGET_ACCURACY))
+    t = top[passing[-1]] if passing.size else THRESHOLD_RANGE[1]  # the largest set: the lowest t
+    low, high = THRESHOLD_RANGE
+    return float(min(max(t, low), high)), f"{RULE}; {n} validation photos"
+
+
+def threshold_report(threshold: float, probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """How ``threshold`` splits one split's photos: the share flagged (top score under it) and the accuracy
+    of the flagged and of the other photos (None for an empty side)."""
+    top, right = probs.max(axis=-1), probs.argmax(axis=-1) == np.asarray(labels)
+    flagged = top < threshold
+    return {
+        "images": len(top),
+        "flagged_share": float(flagged.mean()) if len(top) else 0.0,
+        "accuracy_below": float(right[flagged].mean()) if flagged.any() else None,
+        "accuracy_at_or_above": float(right[~flagged].mean()) if (~flagged).any() else None,
+    }
+
+
+def set_low_confidence(model: nn.Module, threshold: float, rule: str) -> None:
+    """Record the threshold and its rule in the model's config (config.json), beside the temperature."""
+    setattr(model.config, THRESHOLD_KEY, float(threshold))
+    setattr(model.config, THRESHOLD_RULE_KEY, rule)
 
 
 def split_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
@@ -107,14 +167,35 @@ def split_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> 
 def calibration_summary(temp: float, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """results.json's "calibration" block: the method, T, the bins, the split T was fitted on, and each
     split's (raw logits, labels) scored before and after, under its SUMMARY_KEYS name ("val_fit_set":
-    T minimised that NLL, so the after figures there are in-sample; "test": held out)."""
+    T minimised that NLL, so the after figures there are in-sample; "test": held out); and the "not sure"
+    threshold set on the fit split's calibrated scores, with how it splits each split ("low_confidence")."""
+    calibrated = {s: (softmax(logits / temp, axis=-1), labels) for s, (logits, labels) in splits.items()}
+    threshold, rule = low_confidence_threshold(*calibrated[FIT_SPLIT])
     return {
         "method": METHOD,
         "temperature": temp,
         "bins": BINS,
         "fitted_on": FIT_SPLIT,
         **{SUMMARY_KEYS[s]: split_report(logits, labels, temp) for s, (logits, labels) in splits.items()},
+        "low_confidence": {
+            "threshold": threshold,
+            "rule": rule,
+            "target_accuracy": TARGET_ACCURACY,
+            "range": list(THRESHOLD_RANGE),
+            "min_images": MIN_THRESHOLD_IMAGES,
+            "fallback": len(calibrated[FIT_SPLIT][1]) < MIN_THRESHOLD_IMAGES,  # the default, not the rule
+            **{SUMMARY_KEYS[s]: threshold_report(threshold, *pair) for s, pair in calibrated.items()},
+        },
     }
+
+
+def describe_threshold(summary: dict[str, Any]) -> str:
+    """One line: the "not sure" threshold, its rule, and the share of each split it flags."""
+    low = summary["low_confidence"]
+    shares = "; ".join(
+        f"{LABELS[key]} {low[key]['flagged_share']:.1%} flagged" for key in LABELS if key in low
+    )
+    return f'"not sure" threshold {low["threshold"]:.3f} ({low["rule"]}): {shares}'
 
 
 def split_blocks(summary: dict[str, Any]) -> dict[str, dict[str, float]]:

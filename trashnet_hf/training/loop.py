@@ -596,6 +596,8 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
     temperature = calibration.fit_temperature(*splits["val"])
     summary = calibration.calibration_summary(temperature, splits)
     calibration.set_temperature(model, temperature)
+    low = summary["low_confidence"]  # the app's "not sure" threshold, set on the calibrated val scores
+    calibration.set_low_confidence(model, low["threshold"], low["rule"])
     if acc.is_main_process:
         save_model(model, out / "model")
         panels = calibration.reliability_panels(temperature, *splits["test"])
@@ -604,8 +606,11 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
     acc.wait_for_everyone()  # the calibrated model is on disk before any process reads it back
     blocks = calibration.split_blocks(summary)  # "val_fit_set" (in-sample after T) and "test"
     values = {f"calibration/{key}/{k}": v for key, block in blocks.items() for k, v in block.items()}
+    values["calibration/low_confidence_threshold"] = low["threshold"]
     tracking.log_metrics(acc, {"calibration/temperature": temperature, **values}, step=state.global_step)
     logger.info("%s", calibration.describe(summary))
+    level = logging.WARNING if low["fallback"] else logging.INFO  # the default stands in for the rule
+    logger.log(level, "%s", calibration.describe_threshold(summary))
     if calibration.at_bound(temperature):
         logger.warning(
             "Calibration: T = %.3f is at the edge of the search range; check the model", temperature
