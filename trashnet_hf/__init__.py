@@ -4,8 +4,8 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# 60 real TrashNet photos (10 per class, MIT, credited in the README) shipped with the package: the
-# offline demo's data, the ONNX parity check's fallback photos and the app's examples.
+# 420 real TrashNet photos (70 per class, MIT, credited in sample/CREDITS.md) shipped with the package:
+# the quickstart's data, the ONNX parity check's fallback photos and the app's examples.
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 

@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,12 @@ def pypi_folder(model_name: str, cache_dir: str | None = None) -> Path:
     if not (folder / "config.json").is_file():
         building = folder.with_name(f".{folder.name}.{os.getpid()}")
         write_lite0_folder(building)
-        building.replace(folder)  # atomic on one file system; a concurrent twin wrote the same bytes
+        try:
+            building.replace(folder)  # atomic on one file system
+        except OSError:  # a concurrent run cached it first (same package version, same bytes): keep that
+            if not (folder / "config.json").is_file():
+                raise
+            shutil.rmtree(building)
     return folder
 
 
