@@ -78,6 +78,7 @@ def test_a_random_init_keeps_the_architectures_timm_defaults(name: str) -> None:
     assert (pre.crop_pct, pre.interpolation) == (default.crop_pct, default.interpolation)
 
 
+@pytest.mark.slow  # a Lite0 conversion or training: ~5 s
 def test_training_saves_the_backbones_preprocessing_for_pipeline_and_timm(
     lite0: Path, image_folder: Path, tmp_path: Path
 ) -> None:
@@ -166,6 +167,7 @@ def test_pretrained_fine_tuning_beats_random_init_on_the_same_budget(
     assert all(d["our_margin"] < 0.01 for d in agreement["disagreements"]), agreement
 
 
+@pytest.mark.slow  # a Lite0 conversion or training: ~5 s
 def test_pypi_name_is_converted_once_and_cached(lite0: Path, tmp_path: Path) -> None:
     """--model-name pypi:tf_efficientnet_lite0 needs no separate step: the first use writes the same folder
     `trashnet-hf backbone` writes; later uses read the cache without converting again."""

@@ -15,6 +15,9 @@ from tests.conftest import make_learnable_folder
 from tests.test_cli import train_main
 from trashnet_hf.training.checkpointing import checkpoints
 
+# Every test here starts from real training runs (module fixtures and their copies): seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -144,7 +147,6 @@ def test_fp16_on_the_cpu_records_what_ran(
     assert any("--mixed-precision fp16 is not available on cpu" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.slow  # W&B start-up: seconds
 def test_no_prediction_table_means_no_failing_table(
     data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -138,6 +138,7 @@ def test_configure_with_credentials_stays_online(
 # --- a real offline run --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # W&B start-up: seconds
 def test_offline_run_records_everything(wandb_env: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = wandb_env / "out"
     assert configure_wandb(out) == "offline"
@@ -191,6 +192,7 @@ def test_offline_run_records_everything(wandb_env: Path, caplog: pytest.LogCaptu
     assert len({c for c in contents if c.startswith(b"\x89PNG")}) == 3  # the three images
 
 
+@pytest.mark.slow  # W&B start-up: seconds
 def test_resumed_run_keeps_its_id(wandb_env: Path) -> None:
     out = wandb_env / "out"
     configure_wandb(out)
@@ -253,6 +255,7 @@ def test_without_wandb_every_call_is_a_noop(wandb_env: Path, caplog: pytest.LogC
     ],
     ids=["init", "config"],
 )
+@pytest.mark.slow  # W&B start-up: seconds
 def test_failing_start_drops_the_trackers(
     wandb_env: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -281,6 +284,7 @@ def test_failing_start_drops_the_trackers(
     ]
 
 
+@pytest.mark.slow  # W&B start-up: seconds
 def test_failing_tracker_warns_and_carries_on(
     wandb_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -56,6 +56,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory):
     return cfg, train(cfg)
 
 
+@pytest.mark.slow  # the smoke run starts W&B offline: ~15 s
 def test_smoke_run_learns_and_writes_every_output(smoke) -> None:
     cfg, result = smoke
     out = Path(cfg.output_dir)
@@ -86,6 +87,7 @@ def test_smoke_run_learns_and_writes_every_output(smoke) -> None:
     assert results["metrics"]["test"]["accuracy"] >= 0.8
 
 
+@pytest.mark.slow  # the smoke run starts W&B offline: ~15 s
 def test_smoke_run_is_tracked_in_wandb_offline(smoke) -> None:
     cfg, result = smoke
     out = Path(cfg.output_dir)
@@ -100,6 +102,7 @@ def test_smoke_run_is_tracked_in_wandb_offline(smoke) -> None:
     assert list(runs[0].glob("files/media/images/test/reliability_*.png"))
 
 
+@pytest.mark.slow  # the smoke run starts W&B offline: ~15 s
 def test_trained_model_serves_with_pipeline(smoke) -> None:
     cfg, _ = smoke
     classifier = pipeline("image-classification", model=str(Path(cfg.output_dir) / "model"), device="cpu")
@@ -197,6 +200,7 @@ def test_cpu_allocator_tuning_is_accepted_by_glibc() -> None:
     assert tune_cpu_allocator() is True  # mallopt returns 0 for a value it rejects
 
 
+@pytest.mark.slow  # four short trainings: ~3 s
 def test_core_paths_with_scripted_validation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
