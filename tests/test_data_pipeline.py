@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import CLASSES, make_hub_zips, make_image_folder
 from trashnet_hf.core.config import DataConfig
+from trashnet_hf.core.manifest import DROPPED
 from trashnet_hf.data import prepare_data
 from trashnet_hf.data.__main__ import main
 from trashnet_hf.data.loader import decode_pixels, make_loader
@@ -66,9 +67,14 @@ def test_label_conflicts_are_dropped_and_reported(image_folder: Path, tmp_path: 
     conflicts = data.report["label_conflicts"]
     assert len(conflicts) == 1
     assert {Path(p).name for p in conflicts[0]} == {"alpha3.jpg", "copy.jpg"}
-    kept = {Path(r["path"]).name for r in data.manifest}
+    kept = {Path(r["path"]).name for r in data.manifest if r["split"] != DROPPED}
     assert "alpha3.jpg" not in kept and "copy.jpg" not in kept
-    assert data.report["num_kept"] == 23
+    # Listed as dropped, so that a run reusing the manifest (--split-manifest) leaves them out too.
+    assert sorted(Path(r["path"]).name for r in data.manifest if r["split"] == DROPPED) == [
+        "alpha3.jpg",
+        "copy.jpg",
+    ]
+    assert data.report["num_kept"] == 23 and sum(data.report["splits"]["train"].values()) < 23
 
 
 def test_same_seed_same_split_other_seed_other_split(

@@ -221,12 +221,12 @@ def test_a_damaged_run_record_or_manifest_is_one_line(
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     if damage == "results_json":
         (run / "results.json").write_text('{"config": {')  # a run killed while writing it
-        expected = "results.json is not readable JSON"
-    else:
+        expected, code = "results.json is not readable JSON", 1
+    else:  # refused with the flags, before the model is loaded
         (tmp_path / "m.csv").write_bytes(bytes(range(256)) * 4)
         argv += ["--split-manifest", str(tmp_path / "m.csv")]
-        expected = "not a split manifest"
-    assert eval_main(argv) == 1
+        expected, code = "not a split manifest", 2
+    assert eval_main(argv) == code
     assert expected in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "cache").exists()
 

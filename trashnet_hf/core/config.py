@@ -15,6 +15,7 @@ from typing import Literal
 
 from trashnet_hf.core.cli import help_field
 from trashnet_hf.core.errors import ConfigError
+from trashnet_hf.core.manifest import ManifestError, read_manifest
 from trashnet_hf.core.preprocessing import Preprocessing
 from trashnet_hf.hub import client as hub
 
@@ -124,7 +125,17 @@ class DataConfig:
     output_dir: str = help_field(
         "Folder for the run's outputs (reports, manifest, model, ...).", default="outputs"
     )
-    seed: int = help_field("Random seed for the split (and, in training, everything else).", default=42)
+    seed: int = help_field(
+        "Random seed for the split (unless --split-manifest gives it) and, in training, everything else.",
+        default=42,
+    )
+    split_manifest: str | None = help_field(
+        "A split_manifest.csv from an earlier run (or trashnet-hf data): reuse its split exactly, photos "
+        "matched by <class>/<file name>, instead of grouping and splitting again; --seed then varies the "
+        "training alone. Refused, naming the photos, if the data lacks a listed photo or holds a readable "
+        "one the file does not list. Not with --extra-data-dir.",
+        default=None,
+    )
     image_size: int = help_field(
         "Side of the square model input (the training crop), in pixels.", default=224
     )
@@ -210,6 +221,24 @@ class DataConfig:
     def shares(self) -> dict[str, float]:
         return {"train": self.train_share, "val": self.val_share, "test": self.test_share}
 
+    def _validate_split_manifest(self) -> None:
+        if self.split_manifest is None:
+            return
+        if not Path(self.split_manifest).is_file():
+            raise ConfigError(
+                f"--split-manifest: {self.split_manifest!r} is not a file; pass the split_manifest.csv a run "
+                "wrote in its --output-dir."
+            )
+        if self.extra_data_dir is not None:
+            raise ConfigError(
+                "--split-manifest cannot be combined with --extra-data-dir: the manifest fixes every photo's "
+                "split, extra images included; drop one of the two."
+            )
+        try:
+            read_manifest(self.split_manifest)
+        except ManifestError as err:
+            raise ConfigError(f"--split-manifest: {err}") from None
+
     def validate(self) -> None:
         """Raise ConfigError naming the flag for any value that cannot work."""
         if self.data_dir is not None and Path(self.data_dir).exists() and not Path(self.data_dir).is_dir():
@@ -227,6 +256,7 @@ class DataConfig:
                 f"--extra-data-dir: {self.extra_data_dir!r} is not a folder; pass one holding "
                 "<class>/<images> (app.py's feedback folder has that layout)."
             )
+        self._validate_split_manifest()
         if self.data_dir is None and "/" not in self.dataset:
             raise ConfigError(f"--dataset: {self.dataset!r} is not a Hub repo id of the form owner/name.")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():

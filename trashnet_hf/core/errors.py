@@ -18,3 +18,8 @@ class ConfigError(UserError, ValueError):
     """A flag has a value that cannot work; the message names the flag and how to fix it."""
 
     exit_code = 2
+
+
+class DataError(UserError):
+    """The data cannot be used as it is (too many bad files, an empty class, an empty split, a split
+    manifest that does not match it, ...)."""

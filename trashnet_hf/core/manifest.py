@@ -11,10 +11,13 @@ from pathlib import Path
 
 from trashnet_hf.core.errors import UserError
 
-__all__ = ["MANIFEST_COLUMNS", "MANIFEST_FILE", "ManifestError", "read_manifest"]
+__all__ = ["DROPPED", "MANIFEST_COLUMNS", "MANIFEST_FILE", "ManifestError", "read_manifest"]
 
 MANIFEST_FILE = "split_manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "group", "split")
+# The split of a readable photo left out of every split (its group mixes labels): listed, so that a run
+# reusing the manifest (--split-manifest) leaves out exactly the same photos.
+DROPPED = "dropped"
 
 
 class ManifestError(UserError):

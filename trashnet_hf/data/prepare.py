@@ -19,14 +19,15 @@ from datasets.fingerprint import Hasher
 
 from trashnet_hf.core import decoding
 from trashnet_hf.core.config import DataConfig
-from trashnet_hf.core.errors import UserError
-from trashnet_hf.core.manifest import read_manifest
+from trashnet_hf.core.errors import DataError
+from trashnet_hf.core.manifest import DROPPED, read_manifest
 from trashnet_hf.core.preprocessing import Preprocessing
 from trashnet_hf.data import images
 from trashnet_hf.data.extra import ExtraImages, extra_fate, read_extra
 from trashnet_hf.data.images import prepare_batch
 from trashnet_hf.data.near_duplicates import Embedder, embed_dataset, embedding_pairs
 from trashnet_hf.data.report import dropped_by_embedding, group_list, refusal, warnings_of, write_outputs
+from trashnet_hf.data.reuse import check_listed, manifest_key, read_split, reused_split
 from trashnet_hf.data.sources import Source, read_source
 from trashnet_hf.data.split import (
     SPLITS,
@@ -38,10 +39,6 @@ from trashnet_hf.data.split import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(UserError):
-    """The data cannot be used as it is (too many bad files, an empty class, an empty split, ...)."""
 
 
 @dataclass
@@ -218,9 +215,11 @@ class _MainSplit:
 
 
 def _split_main(
-    cfg: DataConfig, raw: datasets.Dataset, prepared: datasets.Dataset, embedder: Embedder | None
-) -> _MainSplit:
-    """Set the unreadable images aside, group the readable ones and split the groups."""
+    cfg: DataConfig, raw: datasets.Dataset, prepared: datasets.Dataset, embedder: Embedder | None,
+    reused: dict[str, tuple[int, str]] | None = None,
+) -> _MainSplit:  # fmt: skip
+    """Set the unreadable images aside, group the readable ones and split the groups (or take both from
+    ``reused``, the ``--split-manifest``'s)."""
     class_label: datasets.ClassLabel = raw.features["label"]
     meta = prepared.data.select(["path", "label", "phash", "error"]).to_pydict()
     paths, labels, hashes, errors = meta["path"], meta["label"], meta["phash"], meta["error"]
@@ -230,8 +229,12 @@ def _split_main(
     for bad in bad_files:
         logger.warning("Skipping unreadable image %s: %s", bad["path"], bad["reason"])
 
+    keys = [manifest_key(paths[i], class_label.int2str(labels[i])) for i in good]
+    if reused is not None:  # --split-manifest: the earlier run's groups and splits, nothing recomputed
+        result = reused_split(cfg.split_manifest, reused, keys)
+        grouping = {"method": "reused from --split-manifest", "split_manifest": Path(cfg.split_manifest).name}
+        return _MainSplit(meta, bad_files, good, result, grouping | {"dropped_by_embedding": None})
     group, hash_group, grouping = _grouping(cfg, raw, good, hashes, embedder)
-    keys = [f"{class_label.int2str(labels[i])}/{Path(paths[i]).name}" for i in good]
     good_labels = [labels[i] for i in good]
     result = split_groups(group, good_labels, keys, cfg.shares, cfg.seed, class_label.names)
     grouping["dropped_by_embedding"] = dropped_by_embedding(result, hash_group, good_labels, paths, good)
@@ -239,17 +242,17 @@ def _split_main(
 
 
 def _manifest(main: _MainSplit, class_label: datasets.ClassLabel) -> list[dict[str, Any]]:
-    """The manifest rows (path, label, group, split) of the main images kept in a split."""
+    """The manifest rows (path, label, group, split) of the readable main images; those left out of every
+    split (label conflicts) have the split ``DROPPED``."""
     paths, labels, result = main.meta["path"], main.meta["label"], main.result
     return [
         {
             "path": paths[i],
             "label": class_label.int2str(labels[i]),
             "group": int(result.group[k]),
-            "split": result.split[k],
+            "split": result.split[k] or DROPPED,
         }
         for k, i in enumerate(main.good)
-        if result.split[k]
     ]
 
 
@@ -275,7 +278,7 @@ def _report(
         "bad_files": main.bad_files,
         "duplicate_groups": int((group_sizes > 1).sum()),
         "label_conflicts": [[paths[good[k]] for k in members] for members in result.conflicts],
-        "num_kept": len(manifest),
+        "num_kept": sum(r["split"] != DROPPED for r in manifest),
         "splits": splits,
         # What evaluation checks the run's split_manifest.csv against (it must be the split trained on).
         "split_fingerprint": split_fingerprint(manifest),
@@ -297,6 +300,19 @@ def _report(
     return report
 
 
+def _read_reused(cfg: DataConfig, raw: datasets.Dataset) -> dict[str, tuple[int, str]]:
+    """The ``--split-manifest``'s split, refused before any image is decoded if it lists a photo the data
+    lacks."""
+    split_of = read_split(cfg.split_manifest)
+    names = raw.features["label"].names
+    # The paths from the image column's Arrow struct: no image is decoded or copied.
+    paths = raw.data.column("image").combine_chunks().field("path").to_pylist()
+    labels = raw.data.column("label").to_pylist()
+    keys = [manifest_key(p or "<bytes>", names[y]) for p, y in zip(paths, labels, strict=True)]
+    check_listed(cfg.split_manifest, split_of, keys)
+    return split_of
+
+
 def prepare_data(
     cfg: DataConfig, preprocessing: Preprocessing | None = None, embedder: Embedder | None = None
 ) -> PreparedData:
@@ -310,8 +326,9 @@ def prepare_data(
     class_label: datasets.ClassLabel = source.dataset.features["label"]
     # Listed now (cheap) so that a bad --extra-data-dir fails before any image is decoded.
     extra = read_extra(cfg.extra_data_dir, class_label.names) if cfg.extra_data_dir else None
+    reused = _read_reused(cfg, source.dataset) if cfg.split_manifest else None
     prepared = _prepare_images(cfg, source.dataset, pre)
-    main = _split_main(cfg, source.dataset, prepared, embedder)
+    main = _split_main(cfg, source.dataset, prepared, embedder, reused)
     manifest = _manifest(main, class_label)
     extra_rows, extra_report = None, None
     if extra is not None:  # train only, after the main split: the main images never move

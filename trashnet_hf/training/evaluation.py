@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from trashnet_hf.core import cli
 from trashnet_hf.core.config import DataConfig
 from trashnet_hf.core.errors import ConfigError, UserError
+from trashnet_hf.core.manifest import DROPPED
 from trashnet_hf.core.model import load_model, preprocessing_of
 from trashnet_hf.data import (
     MANIFEST_FILE,
@@ -105,16 +106,6 @@ class EvalArgs:
             "same images and the same --seed and share flags."
         },
     )
-    split_manifest: str | None = field(
-        default=None,
-        metadata={
-            "help": "The training run's split_manifest.csv: --split takes exactly the images it lists "
-            "there (the run may have grouped near-duplicate shots with its pretrained backbone, which "
-            "cannot be redone from the fine-tuned model). Default: the split_manifest.csv beside --model-dir "
-            "when that run read the same data with the same split flags; otherwise the split is made again "
-            "from the data flags, perceptual hash only."
-        },
-    )
     eval_batch_size: int = field(default=64, metadata={"help": "Images per device per step."})
     metrics_file: str | None = cli.help_field(
         "Write the metrics here as JSON (its folder must exist); default: log them only.", default=None
@@ -129,11 +120,6 @@ class EvalArgs:
             raise ConfigError(f"--split must be train, val or test, got {self.split!r}.")
         if self.eval_batch_size < 1:
             raise ConfigError(f"--eval-batch-size must be at least 1, got {self.eval_batch_size}.")
-        if self.split_manifest is not None and not Path(self.split_manifest).is_file():
-            raise ConfigError(
-                f"--split-manifest: {self.split_manifest!r} is not a file; pass the split_manifest.csv "
-                "a training run wrote into its --output-dir."
-            )
         if self.metrics_file is not None:
             cli.check_output("--metrics-file", self.metrics_file, self.overwrite)
 
@@ -219,6 +205,7 @@ def serving_agreement(model_dir: str | Path, split: datasets.Dataset, batch_size
     return {"images": len(split), "disagreements": disagreements}
 
 
+SOURCE_FLAGS = ("data_dir", "dataset", "include_originals")
 SPLIT_FLAGS = ("data_dir", "dataset", "include_originals", "seed", "train_share", "val_share", "test_share",
                "hash_size", "hash_threshold", "near_duplicate_threshold")  # fmt: skip
 
@@ -244,6 +231,8 @@ def _same_split_flags(run_dir: Path, data_cfg: DataConfig) -> bool:
     if results.is_file():
         config = _read_json(results).get("config", {})
         ours = {k: getattr(data_cfg, k) for k in SPLIT_FLAGS}
+        if config.get("split_manifest"):  # the run reused a split: its seed and grouping flags made none
+            ours = {k: v for k, v in ours.items() if k in SOURCE_FLAGS}
         if config.get("data_dir") and data_cfg.data_dir:  # the same folder, however it was spelled
             config["data_dir"] = str(Path(config["data_dir"]).resolve())
             ours["data_dir"] = str(Path(data_cfg.data_dir).resolve())
@@ -305,7 +294,7 @@ def check_not_trained_on(paths: Sequence[str], split: str, record: RunSplit, sou
     moved = Counter(
         record.split_of[real]
         for real in map(os.path.realpath, paths)
-        if record.split_of.get(real, split) != split
+        if record.split_of.get(real, split) not in (split, DROPPED)  # a dropped photo was never trained on
     )
     if moved:
         where = " and ".join(f"{n} in its {s} split" for s, n in sorted(moved.items(), key=lambda kv: -kv[1]))
@@ -316,7 +305,7 @@ def check_not_trained_on(paths: Sequence[str], split: str, record: RunSplit, sou
         )
 
 
-def model_split(args: EvalArgs, model_dir: Path) -> RunSplit | None:
+def model_split(args: EvalArgs, model_dir: Path, manifest: str | None) -> RunSplit | None:
     """The split the model was trained with, if its folder records it; a ``--split-manifest`` that would
     score images the model was trained on is refused here, before any data work."""
     record = recorded_split(model_dir)
@@ -327,10 +316,10 @@ def model_split(args: EvalArgs, model_dir: Path) -> RunSplit | None:
             model_dir,
             args.split,
         )
-    elif args.split_manifest is not None:
-        paths = [r["path"] for r in read_manifest(args.split_manifest) if r["split"] == args.split]
+    elif manifest is not None:
+        paths = [r["path"] for r in read_manifest(manifest) if r["split"] == args.split]
         hint = f"Pass the run's own --split-manifest {record.manifest}, or leave the flag out."
-        check_not_trained_on(paths, args.split, record, f"--split-manifest {args.split_manifest}", hint)
+        check_not_trained_on(paths, args.split, record, f"--split-manifest {manifest}", hint)
     return record
 
 
@@ -341,7 +330,7 @@ def run_split(
     no manifest is given and the model's run read other data (refused if it holds images the run put in
     another split)."""
     log = logging.getLogger(__name__)
-    manifest = args.split_manifest
+    manifest = data_cfg.split_manifest
     if manifest is None and record is not None and _same_split_flags(record.manifest.parent, data_cfg):
         manifest = record.manifest
     if manifest is not None:
@@ -373,7 +362,7 @@ def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
         )
     # The model first: a broken --model-dir is reported before the data is prepared.
     model = load_model(model_dir)
-    record = model_split(args, model_dir)
+    record = model_split(args, model_dir, data_cfg.split_manifest)
     model_names = model_class_names(model)
     pre = preprocessing_of(model)
     # The stored image size must be the one the model was trained with: take it from the model.
@@ -382,7 +371,8 @@ def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
     )
     accelerator = Accelerator()
     with accelerator.main_process_first():
-        data = prepare_data(data_cfg, pre)
+        # --split-manifest picks the images below (any subset the data holds), not the whole split.
+        data = prepare_data(replace(data_cfg, split_manifest=None), pre)
     # Labels are matched by name: the data's label ids index its own (sorted folder) class list.
     mapping = label_mapping(data.class_names, model_names, data_cfg.data_dir)
     split = run_split(data, args, data_cfg, record)
