@@ -27,6 +27,12 @@ if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding slow tests first (a stable sort): under xdist the long ones then run side by side
+    instead of ending the run on one core while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Move everything imported so far (torch, transformers, gradio: millions of objects) out of the
     garbage collector's sight: each full collection, pytest's five at the end included, then skips them

@@ -70,7 +70,9 @@ def test_real_trashnet_split_is_seeded(prepared) -> None:
 
 
 def test_training_from_scratch_beats_the_majority_class(tmp_path: Path, real_data: Path) -> None:
-    """A few CPU minutes at 64 px, random init: clearly better than always answering "paper"."""
+    """About two CPU minutes at 64 px, random init: clearly better than always answering "paper". timm's
+    tiny ``test_resnet`` learns it (measured: 56.9% test accuracy, macro-F1 0.545, against a majority of
+    23.5%) at a twentieth of ResNet-18's cost (which took 7 minutes here on one core)."""
     from trashnet_hf.core.config import TrainConfig
     from trashnet_hf.training.loop import train
 
@@ -78,6 +80,7 @@ def test_training_from_scratch_beats_the_majority_class(tmp_path: Path, real_dat
         data_dir=str(real_data),
         output_dir=str(tmp_path / "out"),
         cache_dir=str(tmp_path / "cache"),
+        model_name="test_resnet",
         pretrained=False,
         image_size=64,
         epochs=8,
