@@ -1,4 +1,4 @@
-"""Listing the files under a folder, for data preparation and serving alike.
+"""Listing the files under a folder, and reading a JSON object a run wrote, for every wing alike.
 
 The standard library only: serving (``predict``) lists folders too, and must not load the data stack
 (``datasets``) to do it. Symlinked folders and files are followed; a link back up the tree is not followed
@@ -8,15 +8,29 @@ twice, and a link that leads nowhere (broken, or a loop such as ``a -> b -> a``,
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from trashnet_hf.core.errors import UserError
 
 
 class FolderError(UserError):
     """A folder that cannot be listed; the message names it and why."""
+
+
+def read_json_object(path: Path, error: type[UserError], what: str, hint: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` (one line naming the file, ``what`` it should be and the
+    ``hint``) when it cannot be read, is not JSON, or holds something else than an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{path} is not readable JSON ({err}); {hint}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path} is not {what} (a JSON object); {hint}")
+    return value
 
 
 def is_hidden(name: str) -> bool:

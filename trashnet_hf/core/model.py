@@ -23,6 +23,7 @@ from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from trashnet_hf.core import backbones
 from trashnet_hf.core.errors import ConfigError, UserError
+from trashnet_hf.core.files import read_json_object
 from trashnet_hf.core.preprocessing import INTERPOLATIONS, Preprocessing
 from trashnet_hf.hub import client as hub
 
@@ -274,12 +275,7 @@ def _read_config(folder: Path) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ModelLoadError(f"model folder {str(folder)!r} has no config.json; {_RESAVE_HINT}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{config_path} is not readable JSON ({err}); {_RESAVE_HINT}") from err
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{config_path} is not a model config (a JSON object); {_RESAVE_HINT}")
+    config = read_json_object(config_path, ModelLoadError, "a model config", _RESAVE_HINT)
     names = config.get("label_names")
     if (
         not isinstance(names, list)

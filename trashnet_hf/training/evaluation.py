@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from trashnet_hf.core import cli
 from trashnet_hf.core.config import DataConfig
 from trashnet_hf.core.errors import ConfigError, UserError
+from trashnet_hf.core.files import read_json_object
 from trashnet_hf.core.manifest import DROPPED
 from trashnet_hf.core.model import load_model, preprocessing_of
 from trashnet_hf.data import (
@@ -215,13 +216,7 @@ class ForeignSplitError(UserError):
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is not readable JSON ({err}); restore the training run's file.") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path} is not a training run's JSON file (not an object).")
-    return value
+    return read_json_object(path, UserError, "a training run's JSON file", "restore the training run's file.")
 
 
 def _same_split_flags(run_dir: Path, data_cfg: DataConfig) -> bool:
