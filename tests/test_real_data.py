@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from trashnet_hf.core.config import DataConfig
+from trashnet_hf.core.manifest import DROPPED
 from trashnet_hf.data import prepare_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
@@ -51,7 +52,8 @@ def test_real_trashnet_report_and_split(prepared) -> None:
 
     per_class: dict[str, int] = defaultdict(int)
     for row in data.manifest:
-        per_class[row["label"]] += 1
+        per_class[row["label"]] += row["split"] != DROPPED  # the conflicts are listed as dropped
+    assert sum(per_class.values()) == report["num_kept"] == len(data.manifest) - 6
     shares = {"train": 0.70, "val": 0.15, "test": 0.15}
     for split, counts in report["splits"].items():
         for cls, n in counts.items():

@@ -65,7 +65,7 @@ def test_the_manifest_fixes_the_split_whatever_the_seed_and_wherever_the_data(
     assert reused.report["splits"] == first.report["splits"]
     assert reused.report["num_kept"] == first.report["num_kept"] == 3 * 10 + 2 - 2
     assert len(reused.report["label_conflicts"]) == 1
-    assert reused.report["grouping"]["method"] == "reused from --split-manifest"
+    assert reused.report["grouping"]["method"] == "reused from a split manifest"
     for split in ("train", "val", "test"):
         names = {f"{Path(p).parent.name}/{Path(p).name}" for p in reused.splits[split]["path"]}
         assert names == {k for k, s in _by_key(first.manifest).items() if s == split}

@@ -232,7 +232,7 @@ def _split_main(
     keys = [manifest_key(paths[i], class_label.int2str(labels[i])) for i in good]
     if reused is not None:  # --split-manifest: the earlier run's groups and splits, nothing recomputed
         result = reused_split(cfg.split_manifest, reused, keys)
-        grouping = {"method": "reused from --split-manifest", "split_manifest": Path(cfg.split_manifest).name}
+        grouping = {"method": "reused from a split manifest", "split_manifest": Path(cfg.split_manifest).name}
         return _MainSplit(meta, bad_files, good, result, grouping | {"dropped_by_embedding": None})
     group, hash_group, grouping = _grouping(cfg, raw, good, hashes, embedder)
     good_labels = [labels[i] for i in good]
