@@ -224,15 +224,17 @@ def test_a_concurrent_conversion_keeps_the_first_cache(
 
     from trashnet_hf.core import backbones
 
-    real = backbones.write_lite0_folder
+    real, raced = backbones.write_folder, []
 
-    def racing(out: Path) -> Path:
-        written = real(out)
+    def racing(out: Path, arch: str) -> Path:
+        written = real(out, arch)
         final = out.parent / out.name.lstrip(".").rsplit(".", 1)[0]
         shutil.copytree(lite0, final)  # the other run finished first
+        raced.append(final)
         return written
 
-    monkeypatch.setattr(backbones, "write_lite0_folder", racing)
+    monkeypatch.setattr(backbones, "write_folder", racing)
     folder = pypi_folder("pypi:tf_efficientnet_lite0", cache_dir=str(tmp_path))
+    assert raced == [folder]  # the race really happened (pypi_folder converts through write_folder)
     assert (folder / "config.json").is_file()
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
