@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from trashnet_hf.core.backbones import write_lite0_folder
+from trashnet_hf.core.backbones import write_folder
 from trashnet_hf.core.config import TrainConfig
 from trashnet_hf.training.metrics import compute_metrics
 
@@ -92,7 +92,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
     out = args.output_dir or work / "run"
-    backbone = write_lite0_folder(work / "tf_efficientnet_lite0.in1k")
+    backbone = write_folder(work / "tf_efficientnet_lite0.in1k")
     flags = ["--data-dir", str(args.data_dir), "--model-name", str(backbone), "--image-size"]
     flags += [
         str(args.image_size),

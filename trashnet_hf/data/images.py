@@ -81,10 +81,14 @@ def stored_square(
     return np.asarray(TF.crop(resized, top, left, size, size), dtype=np.uint8)
 
 
+# The path of an image stored as bytes alone (no file behind it), in the prepared rows and the manifest.
+NO_PATH = "<bytes>"
+
+
 def _prepare_one(
     image: dict[str, Any], size: int, interpolation: str, hash_size: int, crop_size: int | None
 ) -> dict[str, Any]:
-    path = image.get("path") or "<bytes>"
+    path = image.get("path") or NO_PATH
     try:
         canonical, frame = decode_frames(image["bytes"] if image.get("bytes") else path, size)
         phash = perceptual_hash(canonical, hash_size)

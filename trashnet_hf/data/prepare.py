@@ -308,7 +308,7 @@ def _read_reused(cfg: DataConfig, raw: datasets.Dataset) -> dict[str, tuple[int,
     # The paths from the image column's Arrow struct: no image is decoded or copied.
     paths = raw.data.column("image").combine_chunks().field("path").to_pylist()
     labels = raw.data.column("label").to_pylist()
-    keys = [manifest_key(p or "<bytes>", names[y]) for p, y in zip(paths, labels, strict=True)]
+    keys = [manifest_key(p or images.NO_PATH, names[y]) for p, y in zip(paths, labels, strict=True)]
     check_listed(cfg.split_manifest, split_of, keys)
     return split_of
 

@@ -70,11 +70,9 @@ def reused_split(
             f"({_example(unlisted)}); pass the manifest of a run on this data, or leave --split-manifest "
             "out to split it afresh."
         )
-    groups = [split_of[k][0] for k in keys]
-    # The manifest's group ids, renumbered 0..n-1 in order of first appearance, as grouping makes them.
-    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first))
-    group = order[inverse].astype(np.int64)
+    # The manifest's group ids renumbered 0..n-1 (a manifest without groups has negative ones), in their
+    # order: a run's own ids come back unchanged.
+    group = np.unique([split_of[k][0] for k in keys], return_inverse=True)[1].astype(np.int64)
     split = ["" if split_of[k][1] == DROPPED else split_of[k][1] for k in keys]
     dropped: dict[int, list[int]] = {}
     for k, s in enumerate(split):

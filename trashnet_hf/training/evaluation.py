@@ -206,9 +206,9 @@ def serving_agreement(model_dir: str | Path, split: datasets.Dataset, batch_size
     return {"images": len(split), "disagreements": disagreements}
 
 
-SOURCE_FLAGS = ("data_dir", "dataset", "include_originals")
-SPLIT_FLAGS = ("data_dir", "dataset", "include_originals", "seed", "train_share", "val_share", "test_share",
-               "hash_size", "hash_threshold", "near_duplicate_threshold")  # fmt: skip
+SOURCE_FLAGS = ("data_dir", "dataset", "include_originals")  # which photos
+SPLIT_FLAGS = (*SOURCE_FLAGS, "seed", "train_share", "val_share", "test_share", "hash_size", "hash_threshold",
+               "near_duplicate_threshold")  # fmt: skip
 
 
 class ForeignSplitError(UserError):
