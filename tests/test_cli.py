@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_learnable_folder
+from tests.conftest import HASH_ONLY, make_learnable_folder
 from trashnet_hf.core.backbones import BackboneArgs
 from trashnet_hf.core.backbones import main as backbones_main
 from trashnet_hf.core.config import ConfigError, DataConfig, TrainConfig
@@ -140,7 +140,15 @@ def test_bad_input_stops_before_any_work_with_one_line(
 ) -> None:
     data = make_learnable_folder(tmp_path / "data", per_class=4)
     out = tmp_path / "out"
-    base = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]
+    base = [
+        *HASH_ONLY,
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     base += ["--pretrained", "false", "--report-to", "none"] if cli == "train" else []
     assert CLIS[cli][0]()([*base, *argv(tmp_path)]) == code
     err = capsys.readouterr().err
@@ -169,7 +177,15 @@ def test_pretrained_without_the_hub_fails_fast_naming_the_flag(
 ) -> None:
     request.getfixturevalue(hub_state)
     data = make_learnable_folder(tmp_path / "data", per_class=4)
-    argv = ["--data-dir", str(data), "--output-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
+    argv = [
+        *HASH_ONLY,
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
     start = time.monotonic()
     assert train_main()(argv) == 1
     assert time.monotonic() - start < 10  # huggingface_hub alone retries for ~25 s

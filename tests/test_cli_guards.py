@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import make_learnable_folder
+from tests.conftest import HASH_ONLY, make_learnable_folder
 from trashnet_hf.__main__ import main as front_door
 from trashnet_hf.data.__main__ import main as data_main
 from trashnet_hf.serving import onnx as export_onnx
@@ -105,7 +105,7 @@ def test_evaluation_refuses_to_overwrite_a_metrics_file_before_any_work(
     metrics_file.write_text("the user's own notes")
     cache = tmp_path / "cache"
     data = make_learnable_folder(tmp_path / "data", per_class=4)
-    argv = ["--model-dir", str(model_dir), "--data-dir", str(data), "--cache-dir", str(cache)]
+    argv = ["--model-dir", str(model_dir), *HASH_ONLY, "--data-dir", str(data), "--cache-dir", str(cache)]
     assert eval_main([*argv, "--metrics-file", str(metrics_file)]) == 2
     line = one_error_line(capsys.readouterr().err, "evaluate")
     assert "--metrics-file" in line and "exists" in line and "--overwrite" in line
@@ -119,7 +119,7 @@ def test_evaluation_overwrites_the_metrics_file_when_asked(
     metrics_file = tmp_path / "metrics.json"
     metrics_file.write_text("old")
     config = json.loads((trained_run / "config.json").read_text())
-    argv = ["--model-dir", str(trained_run / "model"), "--data-dir", config["data_dir"],
+    argv = ["--model-dir", str(trained_run / "model"), *HASH_ONLY, "--data-dir", config["data_dir"],
             "--cache-dir", config["cache_dir"], "--metrics-file", str(metrics_file)]  # fmt: skip
     argv.append("--overwrite")
     assert eval_main(argv) == 0
@@ -157,7 +157,15 @@ def test_data_preparation_reads_a_class_folder_with_symlink_loops(
     data = make_learnable_folder(tmp_path / "data", per_class=16)
     _loops(data / "alpha")
     out = tmp_path / "out"
-    argv = ["--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")]
+    argv = [
+        *HASH_ONLY,
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     assert data_main([*argv, "--image-size", "32"]) == 0
     report = json.loads((out / "data_report.json").read_text())
     bad = {Path(b["path"]).name: b["reason"] for b in report["bad_files"]}
@@ -171,7 +179,15 @@ def test_a_symlink_loop_beside_the_class_folders_is_one_line(
 ) -> None:
     data = make_learnable_folder(tmp_path / "data", per_class=4)
     (data / "loop").symlink_to("loop")
-    argv = ["--data-dir", str(data), "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path)]
+    argv = [
+        *HASH_ONLY,
+        "--data-dir",
+        str(data),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        str(tmp_path),
+    ]
     assert data_main(argv) == 1
     assert "loop" in one_error_line(capsys.readouterr().err, "data")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import CLASSES, make_hub_zips, make_image_folder
+from tests.conftest import CLASSES, HASH_ONLY, make_hub_zips, make_image_folder
 from trashnet_hf.core.config import DataConfig
 from trashnet_hf.core.manifest import DROPPED
 from trashnet_hf.data import prepare_data
@@ -103,15 +103,15 @@ def test_second_run_reuses_the_datasets_cache(image_folder: Path, tmp_path: Path
 
 def test_cli_writes_report_and_manifest(image_folder: Path, tmp_path: Path, cache_dir: str) -> None:
     out = tmp_path / "cli"
-    argv = ["--data-dir", str(image_folder), "--output-dir", str(out), "--image-size", "32"]
+    argv = [*HASH_ONLY, "--data-dir", str(image_folder), "--output-dir", str(out), "--image-size", "32"]
     assert main([*argv, "--seed", "3", "--cache-dir", cache_dir, "--num-proc", "1"]) == 0
     report = json.loads((out / "data_report.json").read_text())
     for key in ("num_images", "num_bad", "bad_files", "duplicate_groups", "label_conflicts", "splits"):
         assert key in report
     assert set(report["splits"]) == {"train", "val", "test"}
-    # Without a model there is nothing to embed with: the hash alone groups, and the report says so.
+    # At threshold 0 the hash alone groups, and the report says why.
     assert report["grouping"]["method"] == "perceptual hash" and report["groups"] == []
-    assert "without a model" in report["grouping"]["hash_only_because"]
+    assert report["grouping"]["hash_only_because"] == "--near-duplicate-threshold 0"
     rows = list(csv.DictReader((out / "split_manifest.csv").open()))
     assert len(rows) == 24 and set(rows[0]) == {"path", "label", "group", "split"}
     assert {r["split"] for r in rows} == {"train", "val", "test"}

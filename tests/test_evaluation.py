@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from tests.conftest import CLASSES, make_learnable_folder
+from tests.conftest import CLASSES, HASH_ONLY, make_learnable_folder
 from trashnet_hf.core.config import ConfigError, DataConfig, TrainConfig
 from trashnet_hf.core.errors import UserError
 from trashnet_hf.core.model import ModelLoadError, load_model, preprocessing_of
@@ -55,6 +55,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         warmup_ratio=0.0,
         patience=0,
         report_to="none",
+        near_duplicate_threshold=0,  # HASH_ONLY
     )
     assert train(cfg).status == "completed"
     return {"root": tmp, "data": data, "out": out, "model": out / "model", "cache": tmp / "cache"}
@@ -71,7 +72,7 @@ def _copy_data(src: Path, dst: Path, rename: dict[str, str | None]) -> Path:
 
 def _evaluate(trained: dict[str, Path], tmp_path: Path, *extra: str, data: Path | None = None) -> int:
     return eval_main([
-        "--model-dir", str(trained["model"]), "--data-dir", str(data or trained["data"]),
+        "--model-dir", str(trained["model"]), *HASH_ONLY, "--data-dir", str(data or trained["data"]),
         "--cache-dir", str(trained["cache"]), *extra,
     ])  # fmt: skip
 
@@ -154,8 +155,9 @@ def test_another_runs_manifest_is_refused_naming_the_count_before_any_work(
 ) -> None:
     manifest, n_test = _foreign_manifest(trained, tmp_path / "other_run.csv", trained_on=5)
     metrics_file, cache = tmp_path / "m.json", tmp_path / "cache"
-    argv = ["--model-dir", str(trained["model"]), "--data-dir", str(trained["data"]), "--cache-dir",
-            str(cache), "--split-manifest", str(manifest), "--metrics-file", str(metrics_file)]  # fmt: skip
+    argv = ["--model-dir", str(trained["model"]), *HASH_ONLY, "--data-dir", str(trained["data"]),
+            "--cache-dir", str(cache), "--split-manifest", str(manifest),
+            "--metrics-file", str(metrics_file)]  # fmt: skip
     assert eval_main(argv) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert f"5 of its {n_test} test images" in line and "5 in its train split" in line
@@ -180,7 +182,7 @@ def test_a_model_without_its_run_says_it_carries_no_record_of_its_split(
     # A model folder on its own (copied, or downloaded from the Hub): nothing to check against, said so.
     model_dir = shutil.copytree(trained["model"], tmp_path / "downloaded" / "model")
     manifest, _ = _foreign_manifest(trained, tmp_path / "other_run.csv", trained_on=5)
-    argv = ["--model-dir", str(model_dir), "--data-dir", str(trained["data"]),
+    argv = ["--model-dir", str(model_dir), *HASH_ONLY, "--data-dir", str(trained["data"]),
             "--cache-dir", str(trained["cache"]), "--split-manifest", str(manifest)]  # fmt: skip
     with caplog.at_level("WARNING", logger="trashnet_hf.training.evaluation"):
         assert eval_main(argv) == 0
@@ -205,7 +207,7 @@ def test_a_run_manifest_rewritten_after_training_is_refused(
     if fingerprint:  # a swap within a class: the same counts, only the fingerprint tells
         test_row["split"] = "train"
     _write_manifest(run / "split_manifest.csv", rows)
-    argv = ["--model-dir", str(run / "model"), "--data-dir", str(trained["data"]),
+    argv = ["--model-dir", str(run / "model"), *HASH_ONLY, "--data-dir", str(trained["data"]),
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     assert eval_main(argv) == 1
     line = _one_error_line(capsys.readouterr().err)
@@ -217,7 +219,7 @@ def test_a_damaged_run_record_or_manifest_is_one_line(
     damage: str, trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = shutil.copytree(trained["out"], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
-    argv = ["--model-dir", str(run / "model"), "--data-dir", str(trained["data"]),
+    argv = ["--model-dir", str(run / "model"), *HASH_ONLY, "--data-dir", str(trained["data"]),
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     if damage == "results_json":
         (run / "results.json").write_text('{"config": {')  # a run killed while writing it
@@ -238,7 +240,7 @@ def test_the_data_command_does_not_rewrite_a_runs_record_of_its_split(
 
     run = shutil.copytree(trained["out"], tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
     before = (run / "split_manifest.csv").read_bytes()
-    argv = ["--data-dir", str(trained["data"]), "--output-dir", str(run), "--seed", "7",
+    argv = [*HASH_ONLY, "--data-dir", str(trained["data"]), "--output-dir", str(run), "--seed", "7",
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     assert data_main(argv) == 2
     err = capsys.readouterr().err
@@ -261,7 +263,7 @@ def test_a_model_with_its_classes_in_another_order_scores_the_same(
     (model_dir / "config.json").write_text(json.dumps(config))
 
     metrics_file = tmp_path / "m.json"
-    argv = ["--model-dir", str(model_dir), "--data-dir", str(trained["data"]),
+    argv = ["--model-dir", str(model_dir), *HASH_ONLY, "--data-dir", str(trained["data"]),
             "--cache-dir", str(trained["cache"]), "--metrics-file", str(metrics_file)]  # fmt: skip
     assert eval_main(argv) == 0
     got, expected = json.loads(metrics_file.read_text()), _test_metrics(trained)
@@ -342,7 +344,7 @@ def test_the_command_line_exits_1_with_one_line(trained: dict[str, Path], tmp_pa
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(
         [sys.executable, "-m", "trashnet_hf.training.evaluation", "--model-dir", str(trained["model"]),
-         "--data-dir", str(data), "--cache-dir", str(trained["cache"]),
+         *HASH_ONLY, "--data-dir", str(data), "--cache-dir", str(trained["cache"]),
          "--metrics-file", str(tmp_path / "m.json")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -391,8 +393,8 @@ def test_a_broken_model_folder_fails_with_one_line(
     capsys.readouterr()
 
     cache, metrics_file = tmp_path / "cache", tmp_path / "m.json"
-    argv = ["--model-dir", str(model_dir), "--data-dir", str(trained["data"]), "--cache-dir", str(cache),
-            "--metrics-file", str(metrics_file)]  # fmt: skip
+    argv = ["--model-dir", str(model_dir), *HASH_ONLY, "--data-dir", str(trained["data"]),
+            "--cache-dir", str(cache), "--metrics-file", str(metrics_file)]  # fmt: skip
     assert eval_main(argv) == 1
     line = _one_error_line(capsys.readouterr().err)
     assert message in line and str(model_dir) in line
@@ -427,7 +429,7 @@ def test_a_bad_flag_exits_2_naming_it_before_any_work(
     if "--metrics-file" not in flags:
         flags = [*flags, "--metrics-file", str(tmp_path / "m.json")]
     cache = tmp_path / "cache"
-    assert eval_main([*flags, "--data-dir", str(trained["data"]), "--cache-dir", str(cache)]) == 2
+    assert eval_main([*flags, *HASH_ONLY, "--data-dir", str(trained["data"]), "--cache-dir", str(cache)]) == 2
     assert message in _one_error_line(capsys.readouterr().err)
     assert not cache.exists()
     assert not (tmp_path / "m.json").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLASSES, jpeg_bytes, make_image_folder, photo
+from tests.conftest import CLASSES, HASH_ONLY, jpeg_bytes, make_image_folder, photo
 from trashnet_hf.core.config import DataConfig
 from trashnet_hf.data import DataError, DataSourceError, prepare_data
 from trashnet_hf.data.__main__ import main
@@ -85,8 +85,8 @@ def test_report_lists_class_counts_and_skipped_files(tmp_path: Path, cache_dir: 
         _photos(root / name, n, 1000 * c)
     (root / "README.md").write_text("about these photos\n")
     (root / "beta" / "notes.txt").write_text("taken in May\n")
-    assert main(["--data-dir", str(root), "--output-dir", str(tmp_path / "out"), "--image-size", "32",
-                 "--cache-dir", cache_dir, "--num-proc", "1"]) == 0  # fmt: skip
+    assert main([*HASH_ONLY, "--data-dir", str(root), "--output-dir", str(tmp_path / "out"),
+                 "--image-size", "32", "--cache-dir", cache_dir, "--num-proc", "1"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "out" / "data_report.json").read_text())
     assert report["class_names"] == list(CLASSES)
     assert report["class_counts"] == {"alpha": 9, "beta": 6, "gamma": 7}
@@ -184,7 +184,15 @@ def test_the_refusal_is_one_line_and_exit_code_1(
     root = tmp_path / "data"
     for c, name in enumerate(CLASSES):
         _photos(root / "train" / name, 2, 1000 * c)
-    argv = ["--data-dir", str(root), "--output-dir", str(tmp_path / "out"), "--cache-dir", cache_dir]
+    argv = [
+        *HASH_ONLY,
+        "--data-dir",
+        str(root),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--cache-dir",
+        cache_dir,
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "train/" in err

@@ -1,5 +1,6 @@
 """Near-duplicate shots (the same object photographed again, moved or turned) are grouped on embeddings of
-the pretrained backbone, joined with the perceptual-hash twins, and never straddle the split."""
+the reference embedder (whatever the model trained), joined with the perceptual-hash twins, and never
+straddle the split."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from PIL import Image, ImageOps
 
 from tests.conftest import make_image_folder, photo
 from tests.test_layers import _project_imports, _reaches
+from trashnet_hf.core import embedder as embedder_module
 from trashnet_hf.core.backbones import write_folder
 from trashnet_hf.core.config import ConfigError, DataConfig, TrainConfig
+from trashnet_hf.core.embedder import EMBED_SIZE, REFERENCE_EMBEDDER, backbone_embedder
 from trashnet_hf.core.model import backbone_preprocessing
 from trashnet_hf.data import DataError, PreparedData, prepare_data
 from trashnet_hf.data.__main__ import main as data_main
@@ -26,7 +29,6 @@ from trashnet_hf.data.near_duplicates import embed_dataset, embedding_pairs
 from trashnet_hf.data.sources import read_source
 from trashnet_hf.data.split import join_pairs
 from trashnet_hf.training import loop as training
-from trashnet_hf.training.embeddings import EMBED_SIZE, backbone_embedder
 
 
 @dataclass
@@ -143,9 +145,7 @@ def test_a_class_emptied_by_embedding_conflicts_is_refused_naming_the_threshold(
         prepare_data(_cfg(folder, tmp_path), embedder=MirrorThumbnail())
 
 
-@pytest.mark.parametrize(
-    ("embedder", "threshold", "why"), [(None, 0.85, "no pretrained"), ("fake", 0.0, "0")]
-)
+@pytest.mark.parametrize(("embedder", "threshold", "why"), [(None, 0.85, "no embedder"), ("fake", 0.0, "0")])
 def test_without_an_embedder_or_at_threshold_0_the_hash_alone_groups(
     tmp_path: Path, embedder: str | None, threshold: float, why: str
 ) -> None:
@@ -189,10 +189,8 @@ def test_a_threshold_that_is_no_similarity_is_refused_with_one_line(
 
 def test_the_embedder_needs_nothing_of_the_data_stack() -> None:
     graph = _project_imports()
-    assert not [
-        m for m in _reaches(graph, "trashnet_hf.training.embeddings") if m.startswith("trashnet_hf.data")
-    ]
-    assert "trashnet_hf.training.embeddings" not in _reaches(graph, "trashnet_hf.data")
+    assert not [m for m in _reaches(graph, "trashnet_hf.core.embedder") if m.startswith("trashnet_hf.data")]
+    assert "trashnet_hf.core.embedder" not in _reaches(graph, "trashnet_hf.data")
 
 
 @pytest.fixture(scope="module")
@@ -219,37 +217,36 @@ def test_the_backbone_embedder_pools_features_at_a_fixed_size(tiny_backbone: Pat
     assert backbone_embedder(str(copy), size=64).fingerprint != embedder.fingerprint
 
 
-@pytest.mark.parametrize("pretrained", [True, False])
-def test_training_embeds_only_with_a_pretrained_backbone(
-    tiny_backbone: Path, tmp_path: Path, pretrained: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("model", "pretrained"), [("tiny", True), ("tiny", False), ("test_resnet", False)])
+def test_training_groups_with_the_reference_embedder_whatever_the_model(
+    tiny_backbone: Path, tmp_path: Path, model: str, pretrained: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A stand-in embedder: a random network's pooled features barely tell photos apart (these 24 textures
-    # score 0.73-0.94 against each other), so at 0.83 they chain into one group across all classes.
-    asked: list[str] = []
+    # A stand-in for the reference embedder (the real one sees these random textures as one object).
+    asked: list[str | None] = []
     monkeypatch.setattr(
-        training,
-        "backbone_embedder",
-        lambda name, cache_dir: asked.append(name) or MirrorThumbnail(name=name),
+        embedder_module,
+        "reference_embedder",
+        lambda cache_dir: asked.append(cache_dir) or MirrorThumbnail(name=REFERENCE_EMBEDDER),
     )
     folder = add_turned_shots(make_image_folder(tmp_path / "data", per_class=8, size=(64, 48)))
     cfg = TrainConfig(
         data_dir=str(folder), output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
-        model_name=str(tiny_backbone), pretrained=pretrained, image_size=32, batch_size=4, report_to="none",
+        model_name=str(tiny_backbone) if model == "tiny" else model, pretrained=pretrained, image_size=32,
+        batch_size=4, report_to="none",
     )  # fmt: skip
     pre = backbone_preprocessing(cfg.model_name, cfg.pretrained, cfg.image_size)
     data = training.load_data(cfg, Accelerator(cpu=True), pre)
     grouping = data.report["grouping"]
     rows = _rows(data.manifest)
-    joined = [rows[f"{s}.jpg"]["group"] == rows[f"{s}-turned.jpg"]["group"] for s in TURNED.values()]
-    if pretrained:
-        assert asked == [str(tiny_backbone)] and all(joined)
-        assert grouping["method"] == "perceptual hash + backbone embeddings"
-        assert grouping["embedding_model"] == str(tiny_backbone)
-    else:
-        assert asked == [] and not any(joined)
-        assert (
-            grouping["method"] == "perceptual hash" and "--pretrained false" in grouping["hash_only_because"]
-        )
+    assert asked == [cfg.cache_dir]
+    assert all(rows[f"{s}.jpg"]["group"] == rows[f"{s}-turned.jpg"]["group"] for s in TURNED.values())
+    assert grouping["method"] == "perceptual hash + backbone embeddings"
+    assert grouping["embedding_model"] == REFERENCE_EMBEDDER
+    # At threshold 0 nothing is embedded, and the turned shots fall apart.
+    data = training.load_data(replace(cfg, near_duplicate_threshold=0), Accelerator(cpu=True), pre)
+    rows = _rows(data.manifest)
+    assert asked == [cfg.cache_dir] and data.report["grouping"]["embedding_model"] is None
+    assert not any(rows[f"{s}.jpg"]["group"] == rows[f"{s}-turned.jpg"]["group"] for s in TURNED.values())
 
 
 # --- On the real photos, with the Lite0 ImageNet backbone -----------------------------------------------

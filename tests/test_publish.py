@@ -20,6 +20,7 @@ import pytest
 from huggingface_hub import HfApi, ModelCard, SpaceCard, metadata_load
 from huggingface_hub.errors import HfHubHTTPError
 
+from tests.conftest import HASH_ONLY
 from trashnet_hf.core.errors import ConfigError, UserError
 from trashnet_hf.hub import card, publish
 from trashnet_hf.hub import client as hub
@@ -153,6 +154,24 @@ def test_card_names_the_real_base_model_and_copes_with_older_reports(run_dir: Pa
     (local / "config.json").write_text("{}")
     assert card.base_model_of(str(local), pretrained=True) is None
     assert card.base_model_of("/gone/folder", pretrained=True) is None
+
+
+def test_card_of_a_reused_split_names_the_embedder_that_grouped_it(run_dir: Path) -> None:
+    results = _results(run_dir)
+    made_by = {"method": "perceptual hash + backbone embeddings", "hash_pairs": 19, "embedding_pairs": 207,
+               "embedding_model": "pypi:tf_efficientnet_lite0", "embedding_input_size": 160,
+               "near_duplicate_threshold": 0.83}  # fmt: skip
+    reused = {"method": "reused from a split manifest", "split_manifest": "split_manifest.csv"}
+    results["data_report"]["grouping"] = {**reused, "made_by": made_by, "dropped_by_embedding": None}
+    _write_results(run_dir, results)
+    text = " ".join(card.render_card(run_dir).text.split())
+    assert "reused as it was (`train.py --split-manifest`) from the `split_manifest.csv`" in text
+    assert "`pypi:tf_efficientnet_lite0` at 160 px, whatever the model trained" in text
+    assert "207 pairs" in text and "not** grouped" not in text
+    results["data_report"]["grouping"]["made_by"] = None  # the manifest came without its data report
+    _write_results(run_dir, results)
+    text = " ".join(card.render_card(run_dir).text.split())
+    assert "how that run grouped is not recorded" in text and "predates" not in text and "207" not in text
 
 
 # --- Arguments ---------------------------------------------------------------------------------------
@@ -458,7 +477,8 @@ def test_train_push_to_hub_checks_first_and_publishes_after(
     monkeypatch.setattr(publish, "HfApi", lambda: api)
     out = tmp_path / "out"
     argv = [
-        "--data-dir", str(make_learnable_folder(tmp_path / "data", per_class=8)), "--output-dir", str(out),
+        *HASH_ONLY, "--data-dir", str(make_learnable_folder(tmp_path / "data", per_class=8)),
+        "--output-dir", str(out),
         "--cache-dir", str(tmp_path / "cache"), "--model-name", "test_resnet", "--pretrained", "false",
         "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--report-to", "wandb",
         "--push-to-hub", "--hub-model-id", "alice/trashnet", "--hub-space-id", "alice/demo",
@@ -472,7 +492,8 @@ def test_train_push_to_hub_checks_first_and_publishes_after(
     # No token: refused in seconds, before any training output exists.
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setattr(publish, "get_token", lambda: None)
-    assert train_main()([*argv[:3], str(tmp_path / "out2"), *argv[4:]]) == 1
+    i = argv.index("--output-dir") + 1
+    assert train_main()([*argv[:i], str(tmp_path / "out2"), *argv[i + 1 :]]) == 1
     assert not (tmp_path / "out2").exists()
 
 
@@ -604,6 +625,7 @@ def test_a_real_run_under_a_secret_path_publishes_none_of_it(
         data_dir=str(data), extra_data_dir=str(secret / "extra"), output_dir=str(secret / "out"),
         cache_dir=str(secret / "cache"), model_name="test_resnet", pretrained=False, image_size=32, epochs=1,
         batch_size=8, eval_batch_size=16, warmup_ratio=0.0, patience=0, report_to="none",
+        near_duplicate_threshold=0,  # HASH_ONLY
     )  # fmt: skip
     assert train(cfg).status == "completed"
     raw = (secret / "out" / "results.json").read_text()

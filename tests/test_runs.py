@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from accelerate.state import AcceleratorState
 
-from tests.conftest import make_learnable_folder
+from tests.conftest import HASH_ONLY, make_learnable_folder
 from tests.test_cli import train_main
 from trashnet_hf.training.checkpointing import checkpoints
 
@@ -26,7 +26,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _argv(data: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--data-dir", str(data), "--output-dir", str(out), "--cache-dir", str(data.parent / "cache"),
+        *HASH_ONLY, "--data-dir", str(data), "--output-dir", str(out),
+        "--cache-dir", str(data.parent / "cache"),
         "--pretrained", "false", "--model-name", "test_resnet", "--image-size", "32", "--epochs", "2",
         "--batch-size", "8", "--report-to", "none", "--patience", "0", *extra,
     ]  # fmt: skip

@@ -71,6 +71,12 @@ def test_the_manifest_fixes_the_split_whatever_the_seed_and_wherever_the_data(
     assert reused.report["num_kept"] == first.report["num_kept"] == 3 * 10 + 2 - 2
     assert len(reused.report["label_conflicts"]) == 1
     assert reused.report["grouping"]["method"] == "reused from a split manifest"
+    # How the split was grouped travels with it: the maker's data report, written beside the manifest.
+    assert reused.report["grouping"]["made_by"] == first.report["grouping"]
+    (tmp_path / "first" / "data_report.json").write_text("{")  # damaged: the split still holds, unrecorded
+    assert (
+        _prepare(moved, tmp_path, "again", split_manifest=str(manifest)).report["grouping"]["made_by"] is None
+    )
     for split in ("train", "val", "test"):
         names = {f"{Path(p).parent.name}/{Path(p).name}" for p in reused.splits[split]["path"]}
         assert names == {k for k, s in _by_key(first.manifest).items() if s == split}

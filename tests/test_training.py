@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import pipeline
 
-from tests.conftest import CLASS_COLOURS, CLASSES, make_learnable_folder
+from tests.conftest import CLASS_COLOURS, CLASSES, HASH_ONLY, make_learnable_folder
 from trashnet_hf.core import progress
 from trashnet_hf.core.config import ConfigError, TrainConfig
 from trashnet_hf.data import DataError
@@ -43,6 +43,7 @@ def _cfg(data_dir: Path, out: Path, cache_dir: str, **kw) -> TrainConfig:
         "logging_steps": 1,
         "patience": 0,
         "report_to": "none",
+        "near_duplicate_threshold": 0,  # HASH_ONLY
     }
     return TrainConfig(**{**base, **kw})
 
@@ -128,7 +129,7 @@ def _run_train(args: list[str], **kw) -> subprocess.Popen:
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     data = make_learnable_folder(tmp_path / "data", per_class=24)
     common = [
-        "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--pretrained", "false",
+        *HASH_ONLY, "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"), "--pretrained", "false",
         "--image-size", "48", "--epochs", "4", "--batch-size", "8", "--logging-steps", "1",
         "--patience", "0", "--report-to", "wandb", "--warmup-ratio", "0.2",
     ]  # fmt: skip
@@ -177,7 +178,7 @@ def test_a_log_written_to_a_file_has_no_carriage_return(tmp_path: Path) -> None:
     log = tmp_path / "train.log"
     with log.open("w") as stream:
         subprocess.run(
-            [sys.executable, str(ROOT / "train.py"), "--data-dir", str(data), "--output-dir",
+            [sys.executable, str(ROOT / "train.py"), *HASH_ONLY, "--data-dir", str(data), "--output-dir",
              str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--pretrained", "false",
              "--model-name", "test_resnet", "--image-size", "32", "--epochs", "1", "--batch-size", "4",
              "--logging-steps", "2", "--report-to", "wandb"],

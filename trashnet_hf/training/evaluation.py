@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from trashnet_hf.core import cli
 from trashnet_hf.core.config import DataConfig
+from trashnet_hf.core.embedder import grouping_embedder
 from trashnet_hf.core.errors import ConfigError, UserError
 from trashnet_hf.core.files import read_json_object
 from trashnet_hf.core.manifest import DROPPED
@@ -318,22 +319,28 @@ def model_split(args: EvalArgs, model_dir: Path, manifest: str | None) -> RunSpl
     return record
 
 
+def chosen_manifest(data_cfg: DataConfig, record: RunSplit | None) -> Path | None:
+    """The manifest the split is read from: ``--split-manifest``, else the model's own run's when it read
+    the same data with the same split flags; None when the split is made again from the data flags."""
+    if data_cfg.split_manifest is not None:
+        return Path(data_cfg.split_manifest)
+    if record is not None and _same_split_flags(record.manifest.parent, data_cfg):
+        return record.manifest
+    return None
+
+
 def run_split(
-    data: PreparedData, args: EvalArgs, data_cfg: DataConfig, record: RunSplit | None
+    data: PreparedData, args: EvalArgs, manifest: Path | None, record: RunSplit | None
 ) -> datasets.Dataset:
-    """``--split`` as the training run made it (its manifest), or made again from the data flags when
-    no manifest is given and the model's run read other data (refused if it holds images the run put in
-    another split)."""
+    """``--split`` as the training run made it (``manifest``), or made again from the data flags when
+    there is none (refused if it holds images the model's run put in another split)."""
     log = logging.getLogger(__name__)
-    manifest = data_cfg.split_manifest
-    if manifest is None and record is not None and _same_split_flags(record.manifest.parent, data_cfg):
-        manifest = record.manifest
     if manifest is not None:
         log.info("Taking the %s split from %s", args.split, manifest)
         return read_manifest_split(data, manifest, args.split)
     log.info(
-        "The %s split is made from the data flags by perceptual hash (no --split-manifest, and the "
-        "model's run read other data or split it with other flags).",
+        "The %s split is made from the data flags, grouped as training groups (no --split-manifest, and "
+        "the model's run read other data or split it with other flags).",
         args.split,
     )
     split = data.splits[args.split]
@@ -365,12 +372,15 @@ def evaluate(args: EvalArgs, data_cfg: DataConfig) -> int:
         data_cfg, image_size=pre.image_size, crop_pct=pre.crop_pct, interpolation=pre.interpolation
     )
     accelerator = Accelerator()
+    manifest = chosen_manifest(data_cfg, record)
+    # A manifest fixes the split, so nothing is embedded; else the split is made as training makes it.
+    embedder = grouping_embedder(data_cfg) if manifest is None else None
     with accelerator.main_process_first():
         # --split-manifest picks the images below (any subset the data holds), not the whole split.
-        data = prepare_data(replace(data_cfg, split_manifest=None), pre)
+        data = prepare_data(replace(data_cfg, split_manifest=None), pre, embedder)
     # Labels are matched by name: the data's label ids index its own (sorted folder) class list.
     mapping = label_mapping(data.class_names, model_names, data_cfg.data_dir)
-    split = run_split(data, args, data_cfg, record)
+    split = run_split(data, args, manifest, record)
     if len(split) == 0:
         raise UserError(
             f"--split {args.split} holds no images (--{args.split}-share "

