@@ -45,8 +45,8 @@ FAST = (*LITE0, "--image-size", "160", "--epochs", "6")
 CONFIGS = {
     "fast": Config("Lite0 ImageNet, 160 px, 6 epochs (at most 10 min here, cold)", FAST),
     "best": Config(
-        "Lite0 ImageNet, 224 px, 10 epochs (at most 30 min here)",
-        (*LITE0, "--image-size", "224", "--epochs", "10"),
+        "Lite2 ImageNet, 224 px, 6 epochs (at most 30 min here)",
+        ("--model-name", "pypi:tf_efficientnet_lite2", "--image-size", "224", "--epochs", "6"),
     ),
     "lite0-scratch": Config(
         "Lite0 architecture, random init, fast's budget", (*FAST, "--pretrained", "false")
@@ -56,7 +56,8 @@ CONFIGS = {
         ("--model-name", "resnet18", "--pretrained", "false", "--image-size", "160", "--epochs", "6"),
     ),
 }
-COMPARISON = ("lite0-scratch", "fast", "best", "resnet18-scratch")
+# fast first: under --cold it makes the split itself, embeddings and all, so its wall time is the whole job.
+COMPARISON = ("fast", "lite0-scratch", "best", "resnet18-scratch")
 
 
 def parse() -> argparse.Namespace:

@@ -174,6 +174,26 @@ def test_card_of_a_reused_split_names_the_embedder_that_grouped_it(run_dir: Path
     assert "how that run grouped is not recorded" in text and "predates" not in text and "207" not in text
 
 
+def test_card_compares_runs_on_the_same_test_photos_and_refuses_others(run_dir: Path, tmp_path: Path) -> None:
+    scratch = Path(shutil.copytree(run_dir, tmp_path / "scratch"))
+    results = _results(scratch)
+    results["metrics"]["test"] |= {"accuracy": 0.25, "accuracy_ci95": [0.125, 0.5], "macro_f1": 0.2}
+    _write_results(scratch, results)
+    text = card.render_card(run_dir, compare_with=[scratch]).text
+    ours = _results(run_dir)["metrics"]["test"]
+    rows = [line for line in text.splitlines() if line.startswith("| `test_resnet`, random init")]
+    assert len(rows) == 2 and "(**this model**)" in rows[0] and f"{100 * ours['accuracy']:.1f}%" in rows[0]
+    assert "25.0% (12.5%–50.0%)" in rows[1] and "| 0.200 |" in rows[1]
+    assert "Beside other models" not in card.render_card(run_dir).text
+    # Another split (here: one test photo moved) is another test set: refused, naming the folder.
+    results["data_report"]["split_fingerprint"] = "0" * 64
+    _write_results(scratch, results)
+    with pytest.raises(UserError, match=r"--compare-with .*scratch: its test split is not this run's"):
+        card.render_card(run_dir, compare_with=[scratch])
+    with pytest.raises(ConfigError, match=r"--compare-with .*: no results\.json"):
+        PublishArgs(str(run_dir), "alice/m", compare_with=[str(tmp_path)])
+
+
 # --- Arguments ---------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ imports torch: the Space deployment workflow builds folders without it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,13 +238,41 @@ def read_run(out_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise UserError(f"{out}: cannot read results.json or model/config.json: {err}") from None
 
 
-def render_card(out_dir: str | Path, model_id: str | None = None) -> ModelCard:
-    """The model card of the run in ``out_dir`` (train.py's output folder), for the repo ``model_id``."""
+def compared_runs(
+    results: dict[str, Any], model_config: dict[str, Any], others: Sequence[str | Path]
+) -> list[dict[str, Any]]:
+    """This run's test figures and those of ``others`` (training output folders), one row each, for the
+    card's comparison table; UserError for a run tested on other photos (another split fingerprint)."""
+    ours = results["data_report"].get("split_fingerprint")
+    rows = []
+    for run in [None, *others]:
+        r, config = (results, model_config) if run is None else read_run(run)
+        if run is not None and (ours is None or r["data_report"].get("split_fingerprint") != ours):
+            raise UserError(
+                f"--compare-with {run}: its test split is not this run's (another split fingerprint), so "
+                "its figures would not compare; train it with --split-manifest OUT/split_manifest.csv."
+            )
+        cfg, test = r["config"], r["metrics"]["test"]
+        init = "ImageNet weights" if cfg["pretrained"] else "random init"
+        rows.append({
+            "model": f"`{config.get('architecture')}`, {init}",
+            "this": run is None, "image_size": cfg["image_size"], "epochs": r["epochs_run"],
+            "test": test,
+        })  # fmt: skip
+    return rows
+
+
+def render_card(
+    out_dir: str | Path, model_id: str | None = None, compare_with: Sequence[str | Path] = ()
+) -> ModelCard:
+    """The model card of the run in ``out_dir`` (train.py's output folder), for the repo ``model_id``;
+    with ``compare_with``, a table of those runs' test figures on the same photos."""
     out = Path(out_dir)
     results, model_config = read_run(out)
     try:
         data = card_data(results, model_config.get("architecture", "unknown"), model_id)
         context = card_context(results, model_config, [p for p in PLOTS if (out / p).is_file()], model_id)
+        context["compared"] = compared_runs(results, model_config, compare_with) if compare_with else []
     except KeyError as err:
         raise UserError(
             f"{out / 'results.json'}: no {err} entry; was it written by this version of train.py?"

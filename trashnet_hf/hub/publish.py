@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -112,6 +112,14 @@ class PublishArgs:
         default=False,
         metadata={"help": "Build the folders and list their files, then stop: no token, no network."},
     )
+    compare_with: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Other training output folders whose test figures the card shows beside this run's, "
+            "e.g. the random-init runs of bench/accuracy.py --compare. Each must have been tested on the "
+            "very same photos (the same split fingerprint: train.py --split-manifest), or it is refused."
+        },
+    )
     space_only: bool = field(
         default=False,
         metadata={
@@ -135,6 +143,11 @@ class PublishArgs:
             if self.space_repo is None:
                 raise ConfigError("--space-only builds the Space: pass --space-repo USER/NAME.")
             return
+        for other in self.compare_with:
+            if not (Path(other) / "results.json").is_file():
+                raise ConfigError(
+                    f"--compare-with {other}: no results.json there; pass a train.py output folder."
+                )
         missing = [
             f for f in ("results.json", *(f"model/{m}" for m in MODEL_FILES)) if not (out / f).is_file()
         ]
@@ -257,7 +270,9 @@ def _swap_in(staging: Path, publish: Path) -> None:
         shutil.rmtree(old)
 
 
-def build_model_folder(out: Path, dest: Path, model_id: str, redactor: Redactor) -> Path:
+def build_model_folder(
+    out: Path, dest: Path, model_id: str, redactor: Redactor, compare_with: Sequence[str] = ()
+) -> Path:
     """The model repo: weights, config, the card as README.md, the plots and results.json, with local
     paths made relative (``redact``)."""
     dest.mkdir(parents=True)
@@ -267,7 +282,8 @@ def build_model_folder(out: Path, dest: Path, model_id: str, redactor: Redactor)
     for name in RUN_FILES:
         if name != "results.json" and (out / name).is_file():
             shutil.copy2(out / name, dest / name)
-    redactor.write_text(dest / "README.md", str(render_card(out, model_id)), "model/README.md (the card)")
+    card = render_card(out, model_id, compare_with)
+    redactor.write_text(dest / "README.md", str(card), "model/README.md (the card)")
     return dest
 
 
@@ -389,7 +405,7 @@ def build(args: PublishArgs) -> Built:
     staging.mkdir()
     try:
         if not args.space_only:
-            build_model_folder(out, staging / "model", args.model_repo, redactor)
+            build_model_folder(out, staging / "model", args.model_repo, redactor, args.compare_with)
         if args.space_repo is not None:
             build_space_folder(staging / "space", args.model_repo, args.space_repo, redactor)
         redactor.audit(staging)  # every file, as bytes: no local path, no secret
