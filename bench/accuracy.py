@@ -4,6 +4,7 @@
     python bench/accuracy.py --config best --seeds 3 --output-dir runs/best    # seeds 42, 43, 44
     python bench/accuracy.py --compare --output-dir runs/compare               # the four below
     python bench/accuracy.py --config fast --output-dir DIR -- --ema-decay 0.98  # after --: train.py flags
+    python bench/accuracy.py --config best --output-dir DIR -- --image-size 192 --epochs 8  # a candidate
 
 Each run is ``python train.py`` in a subprocess (its wall time is end to end: start-up, data preparation,
 training, calibration, evaluation), leaving its outputs (``results.json``, ``split_manifest.csv``,
@@ -71,6 +72,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--seeds", type=int, default=1, help="Training seeds per configuration (42, 43, ...)."
     )
+    parser.add_argument("--first-seed", type=int, default=42, help="The first of the --seeds seeds.")
     parser.add_argument("--output-dir", type=Path, required=True, help="Where the runs and the table go.")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="TrashNet class folders.")
     parser.add_argument("--split-manifest", type=Path, help="Reuse this split (default: the first run's).")
@@ -199,7 +201,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manifest, rows = args.split_manifest, []
     for name in args.configs:
-        for seed in range(42, 42 + args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             out, wall = run_train(args, name, seed, manifest)
             manifest = manifest or out / "split_manifest.csv"  # every later run reuses the first split
             rows.append(row_of(name, seed, out, wall))
