@@ -66,7 +66,11 @@ def parse() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--config", choices=CONFIGS, action="append", help="A configuration to run (repeatable)."
+        "--config",
+        choices=CONFIGS,
+        action="append",
+        help="A configuration to run (repeatable): "
+        + "; ".join(f"{name}: {c.about}" for name, c in CONFIGS.items()),
     )
     parser.add_argument("--compare", action="store_true", help=f"Run {', '.join(COMPARISON)} on one split.")
     parser.add_argument(

@@ -73,6 +73,9 @@ def test_the_manifest_fixes_the_split_whatever_the_seed_and_wherever_the_data(
     assert reused.report["grouping"]["method"] == "reused from a split manifest"
     # How the split was grouped travels with it: the maker's data report, written beside the manifest.
     assert reused.report["grouping"]["made_by"] == first.report["grouping"]
+    # Reusing the reuse's manifest still names the maker's grouping.
+    chained = _prepare(moved, tmp_path, "chained", split_manifest=str(tmp_path / "reused" / MANIFEST_FILE))
+    assert chained.report["grouping"]["made_by"] == first.report["grouping"]
     (tmp_path / "first" / "data_report.json").write_text("{")  # damaged: the split still holds, unrecorded
     assert (
         _prepare(moved, tmp_path, "again", split_manifest=str(manifest)).report["grouping"]["made_by"] is None

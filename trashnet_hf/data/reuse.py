@@ -67,7 +67,9 @@ def grouping_made_by(manifest: str | Path) -> dict | None:
         logger.warning("%s", err)
         return None
     grouping = grouping.get("grouping")
-    return grouping if isinstance(grouping, dict) and "reused" not in grouping.get("method", "") else None
+    if isinstance(grouping, dict) and "made_by" in grouping:  # the maker reused a split in turn: its maker's
+        return grouping["made_by"]
+    return grouping if isinstance(grouping, dict) else None
 
 
 def check_listed(manifest: str | Path, split_of: dict[str, tuple[int, str]], keys: Sequence[str]) -> None:
