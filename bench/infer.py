@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import pipeline
 
@@ -53,7 +54,7 @@ def sync(device: str) -> None:
 
 def throughput(classifier: Classifier, files: list[Path], args: argparse.Namespace) -> None:
     """(a) The CLI's images/s against the bare forward's, alternating blocks."""
-    batch = torch.stack([classifier.preprocess(open_image(p)) for p in files[: args.batch_size]])
+    batch = np.stack([classifier.preprocess(open_image(p)) for p in files[: args.batch_size]])
     steps = max(1, len(files) // args.batch_size)
 
     def cli_block() -> float:
@@ -98,7 +99,7 @@ def onnx_vs_torch(model_dir: Path, files: list[Path], args: argparse.Namespace) 
     import onnxruntime as ort
 
     torch_cpu = Classifier.load(model_dir, "cpu")
-    x32 = torch.stack([torch_cpu.preprocess(open_image(p)) for p in (files * 32)[:32]])
+    x32 = np.stack([torch_cpu.preprocess(open_image(p)) for p in (files * 32)[:32]])
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
         export_onnx.run(export_onnx.ExportArgs(model_dir=str(model_dir), output=str(fp32)))

@@ -72,7 +72,7 @@ def test_preprocessing_is_the_pipelines_image_processor(model_dir: Path) -> None
     classifier = Classifier.load(model_dir, device="cpu")
     processor = pipeline("image-classification", model=str(model_dir), device="cpu").image_processor
     theirs = processor(images=images, return_tensors="pt")["pixel_values"]
-    ours = torch.stack([classifier.preprocess(image) for image in images])
+    ours = torch.from_numpy(np.stack([classifier.preprocess(image) for image in images]))
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
@@ -196,10 +196,10 @@ def test_onnx_export_parity_dynamic_batch_and_metadata(model_dir: Path, onnx_fil
 
     torch_classifier = Classifier.load(model_dir, device="cpu")
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    x = torch.stack([torch_classifier.preprocess(image) for image in some_images()[:5]])
+    x = np.stack([torch_classifier.preprocess(image) for image in some_images()[:5]])
     for batch in (x[:1], x):  # batch 1 and 5 through one file
         with torch.inference_mode():
-            ours = torch_classifier.model(pixel_values=batch).logits.numpy()
+            ours = torch_classifier.model(pixel_values=torch.from_numpy(batch)).logits.numpy()
         np.testing.assert_allclose(export_onnx.onnx_logits(session, batch), ours, atol=1e-4)
     meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
     assert json.loads(meta[ONNX_LABELS_KEY]) == torch_classifier.labels
@@ -252,7 +252,7 @@ def test_real_backbone_on_real_photos_onnx_parity_and_pipeline(real_data: Path, 
     out = tmp_path / "lite0.onnx"
     assert export_onnx.main([str(model_dir), "--output", str(out)]) == 0
     classifier = Classifier.load(model_dir, device="cpu")
-    inputs = [torch.stack([classifier.preprocess(im) for im in images[i : i + 8]]) for i in (0, 8, 16)]
+    inputs = [np.stack([classifier.preprocess(im) for im in images[i : i + 8]]) for i in (0, 8, 16)]
     assert export_onnx.check_parity(classifier.model, out, inputs, tolerance=1e-4) <= 1e-4
 
     classify = pipeline("image-classification", model=str(model_dir), device="cpu")

@@ -268,7 +268,7 @@ def test_dry_run_builds_both_folders(run_dir: Path, caplog: pytest.LogCaptureFix
     assert sorted(p.stem for p in (space / "examples").glob("*.jpg")) == classes
     assert not (space / "trashnet_hf" / "sample").exists() and not list(space.rglob("__pycache__"))
     assert (space / "app.py").read_bytes() == (ROOT / "app.py").read_bytes()
-    assert (space / "model_id.txt").read_text().strip() == "alice/trashnet"
+    assert (space / "model_id.txt").read_text().strip() == "alice/trashnet/model.onnx"  # served without torch
     pins = dict(
         line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line
     )
@@ -322,7 +322,9 @@ def _space_import_probe() -> str:
         "import app\n"
         "import trashnet_hf\n"
         "files = [m.__file__ for k, m in sys.modules.items() if k == 'app' or k.startswith('trashnet_hf.')]\n"
-        "print(json.dumps({'package': trashnet_hf.__file__, 'path': sys.path, 'files': files}))\n"
+        "heavy = sorted(m for m in ('torch', 'torchvision', 'transformers', 'timm') if m in sys.modules)\n"
+        "found = {'package': trashnet_hf.__file__, 'path': sys.path, 'files': files, 'heavy': heavy}\n"
+        "print(json.dumps(found))\n"
     )
 
 
@@ -390,6 +392,10 @@ def test_space_folder_imports_on_its_own(run_dir: Path) -> None:
     needed = {canonicalize_name(d) for d in _third_party_imports(found["files"])}
     missing = needed - _closure(wanted)
     assert not missing, f"app.py imports packages the Space does not install: {sorted(missing)}"
+    # The Space serves model.onnx: importing the app loads no deep-learning stack, and the one package
+    # the ONNX model needs at load time (imported there, so not seen above) is installed.
+    assert found["heavy"] == [], found["heavy"]
+    assert "onnxruntime" in {canonicalize_name(r.split("==")[0]) for r in wanted}
 
 
 def test_space_only_builds_without_a_run_or_torch(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Typed run configuration: one dataclass per concern, parsed once by ``HfArgumentParser``.
+"""Typed run configuration: one dataclass per concern, parsed once by ``cli.parse`` (argparse).
 
 Every field carries its help text, so ``--help`` documents every flag, and every value is validated
 up front, with a message naming the flag, before any work starts.

@@ -22,8 +22,16 @@ from safetensors.torch import save_file
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
 from trashnet_hf.core import backbones
-from trashnet_hf.core.errors import ConfigError, UserError
+from trashnet_hf.core.errors import ConfigError
 from trashnet_hf.core.files import read_json_object
+
+# Re-exported: they live in model_meta so that serving an ONNX file needs no torch (see that module).
+from trashnet_hf.core.model_meta import (  # noqa: F401
+    DEFAULT_LOW_CONFIDENCE,
+    THRESHOLD_KEY,
+    THRESHOLD_RULE_KEY,
+    ModelLoadError,
+)
 from trashnet_hf.core.preprocessing import INTERPOLATIONS, Preprocessing
 from trashnet_hf.hub import client as hub
 
@@ -31,12 +39,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "timm/resnet18.a1_in1k"
 PRETRAINED_HINT = "Or pass --pretrained false to train from a randomly initialised backbone."
-# The app's "not sure" threshold on the calibrated top score, in config.json: training.calibration
-# computes it on the validation split and writes both keys; serving reads them (and falls back to
-# DEFAULT_LOW_CONFIDENCE, the value measured on one Lite0 run, for a model that has none).
-THRESHOLD_KEY = "low_confidence_threshold"
-THRESHOLD_RULE_KEY = "low_confidence_rule"  # one line: the rule and its parameters, or why the default
-DEFAULT_LOW_CONFIDENCE = 0.6
 # Source pretrained_cfg keys that stay true once our head and preprocessing replace the checkpoint's;
 # the rest (test-time sizes, ImageNet label names, weight URLs, pool size) would describe another model.
 _KEPT_CFG_KEYS = ("first_conv", "classifier", "fixed_input_size")
@@ -255,11 +257,6 @@ def save_model(model: TimmWrapperForImageClassification, out_dir: str | Path) ->
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     logger.info("Saved model to %s", out)
     return out
-
-
-class ModelLoadError(UserError):
-    """A model folder that cannot be loaded: missing, incomplete, corrupt, or with a config.json that
-    disagrees with its weights. The message is one line naming the folder or file."""
 
 
 WEIGHTS_FILE = "model.safetensors"  # what save_model writes

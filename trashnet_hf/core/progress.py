@@ -28,10 +28,12 @@ def quiet_library_bars() -> bool:
     terminal; return whether they were switched off. A user's own ``HF_*_DISABLE_PROGRESS_BARS`` wins."""
     if sys.stderr.isatty():
         return False
-    from transformers.utils import logging as transformers_logging
-
     if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None:
-        transformers_logging.disable_progress_bar()  # transformers' bars, and huggingface_hub's with them
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # huggingface_hub's bars; transformers reads this switch when imported
+        if "transformers.utils.logging" in sys.modules:  # already imported: tell it too
+            sys.modules["transformers.utils.logging"].disable_progress_bar()
     if os.environ.get(_DATASETS_SWITCH) is None:
         if "datasets" in sys.modules:
             sys.modules["datasets"].disable_progress_bars()

@@ -172,6 +172,38 @@ def download_model(repo_id: str, cache_dir: str | None = None, hint: str | None 
     return Path(folder)
 
 
+def file_reference(name: str) -> tuple[str, str] | None:
+    """``("USER/NAME", "FILE")`` for a reference to one file at the top of a model repo, ``USER/NAME/FILE``
+    (e.g. ``alice/trashnet/model.onnx``); None for anything else."""
+    repo_id, _, filename = name.rpartition("/")
+    if not filename or not is_repo_id(repo_id):
+        return None
+    return repo_id, filename
+
+
+def download_file(repo_id: str, filename: str, cache_dir: str | None = None, hint: str | None = None) -> Path:
+    """Local path of one file of a model repo (e.g. its ``model.onnx``), the cached copy first.
+
+    Raises HubUnavailableError (with ``hint`` appended) within seconds when the file is not cached and the
+    Hub cannot be reached.
+    """
+    # Not hf_hub_download(local_files_only=True): see download_dataset_files.
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+    if isinstance(cached, str):
+        logger.info("Using cached %s of model %s at %s", filename, repo_id, cached)
+        return Path(cached)
+    what = f"{filename} of model {repo_id!r}"
+    reason = _unreachable_reason()
+    if reason is not None:
+        raise _unavailable(what, reason, cache_dir, hint)
+    logger.info("Downloading %s of model %s from the Hub", filename, repo_id)
+    try:
+        return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.TransportError) as err:
+        # The Hub answered the probe but the connection failed during the download.
+        raise _unavailable(what, f"{type(err).__name__}: {err}", cache_dir, hint) from None
+
+
 def download_dataset_files(
     repo_id: str, filenames: Sequence[str], cache_dir: str | None = None, hint: str | None = None
 ) -> list[Path]:

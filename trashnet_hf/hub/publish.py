@@ -61,14 +61,14 @@ BUILT_BY = "trashnet_hf.publish"  # the marker value predates the hub wing; kept
 MODEL_FILES = ("config.json", "model.safetensors")
 RUN_FILES = ("results.json", "confusion_matrix.png", "curves.png", "reliability.png")
 # What the Space installs: the app's runtime imports, pinned to requirements.txt (tests/test_publish.py
-# checks them against what app.py loads). Serving decodes with trashnet_hf.core.decoding, so the data stack
-# (datasets, imagehash, scikit-learn) stays out; scipy comes in through torchvision. Not gradio: a Gradio
-# Space installs the version its README's sdk_version names.
+# checks them against what app.py loads). The Space serves the model repo's model.onnx (model_id.txt is
+# USER/NAME/model.onnx) with onnxruntime, preprocessing in NumPy and PIL (Preprocessing.to_array): no torch,
+# torchvision, transformers or timm (bench/space_install.py measures the difference). Serving decodes with
+# trashnet_hf.core.decoding, so the data stack (datasets, imagehash, scikit-learn) stays out too. Not
+# gradio: a Gradio Space installs the version its README's sdk_version names.
 SPACE_WINGS = ("core", "serving", "hub")  # what app.py imports; tests/test_layers.py checks it
-SPACE_PACKAGES = (
-    "torch", "torchvision", "transformers", "timm", "huggingface_hub", "httpx2", "safetensors", "pillow",
-    "numpy", "scipy",
-)  # fmt: skip
+SPACE_PACKAGES = ("onnxruntime", "numpy", "pillow", "huggingface_hub", "httpx2")
+SPACE_MODEL_FILE = "model.onnx"  # what the Space loads from the model repo
 SUBSCRIPTION_NOTE = (
     "A Gradio Space on the free cpu-basic hardware needs a PRO (user) or Team/Enterprise (organisation) "
     "subscription on the Hub (paid hardware needs billing instead); the model repo and "
@@ -350,7 +350,8 @@ def _space_readme(model_id: str, space_id: str) -> str:
         "it to do worse on photos of real bins.\n\nBuilt by `trashnet-hf publish` of the "
         "trashnet-hf project: `app.py`, the `trashnet_hf` package it imports, `requirements.txt`, "
         "`examples/` (TrashNet photos, MIT, see examples/CREDITS.md) and `model_id.txt` (the model the "
-        "app loads).\n\n"
+        f"app loads: the repo's `{SPACE_MODEL_FILE}`, run with ONNX Runtime; the Space installs no PyTorch)."
+        "\n\n"
         f"Note: {SUBSCRIPTION_NOTE}\n"
     )
     return str(SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
@@ -358,7 +359,7 @@ def _space_readme(model_id: str, space_id: str) -> str:
 
 def build_space_folder(dest: Path, model_id: str, space_id: str, redactor: Redactor) -> Path:
     """The Space: app.py, the package it imports, its requirements, README front matter, examples and
-    the model id, so it runs from that folder alone."""
+    the model to serve (``USER/NAME/model.onnx``), so it runs from that folder alone, without torch."""
     app = PROJECT / "app.py"
     if not app.is_file():
         raise UserError(f"{app} not found: build the Space from a checkout of the project.")
@@ -376,7 +377,7 @@ def build_space_folder(dest: Path, model_id: str, space_id: str, redactor: Redac
     texts = {
         "requirements.txt": "".join(f"{n}=={v}\n" for n, v in pins.items()),
         "README.md": _space_readme(model_id, space_id),
-        "model_id.txt": model_id + "\n",
+        "model_id.txt": f"{model_id}/{SPACE_MODEL_FILE}\n",  # the ONNX export: no torch in the Space
     }
     for name, text in texts.items():
         redactor.write_text(dest / name, text, f"space/{name}")

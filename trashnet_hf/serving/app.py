@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import torch
 from gradio.utils import get_upload_folder, is_allowed_file
 from PIL import Image
 
@@ -87,9 +86,10 @@ class AppArgs:
     model: str | None = field(
         default=None,
         metadata={
-            "help": "Model to serve: a local model folder (OUTPUT_DIR/model), a Hub id (user/name) or an "
-            ".onnx file. Default: the MODEL_ID environment variable, then model_id.txt next to app.py, then "
-            "the newest local training output (outputs/model or outputs/*/model)."
+            "help": "Model to serve: a local model folder (OUTPUT_DIR/model), a Hub id (user/name), an .onnx "
+            "file, or one on the Hub (user/name/model.onnx: served without PyTorch). Default: the MODEL_ID "
+            "environment variable, then model_id.txt next to app.py, then the newest local training output "
+            "(outputs/model or outputs/*/model)."
         },
     )
     host: str | None = field(
@@ -115,7 +115,10 @@ class AppArgs:
     )
     threads: int | None = field(
         default=None,
-        metadata={"help": "Torch CPU threads per forward pass; default: the CPU count, at most 2."},
+        metadata={
+            "help": "CPU threads per forward pass (onnxruntime's intra-op threads for an .onnx model, "
+            "torch's otherwise); default: the CPU count, at most 2."
+        },
     )
     concurrency: int = field(
         default=2,
@@ -175,10 +178,13 @@ def public_model_name(model: str) -> str:
 
 
 def model_link(model: str) -> str:
-    """The footer's name for the model: a link for a Hub id; a local folder by its run folder's name (its
-    full path means nothing to a visitor)."""
+    """The footer's name for the model: a link for a Hub id (for ``USER/NAME/FILE``, to that file of the
+    repo); a local folder by its run folder's name (its full path means nothing to a visitor)."""
     if Path(model).exists():
         return f"a local training run (`{public_model_name(model)}`)"
+    repo_id, _, filename = model.rpartition("/") if model.count("/") == 2 else (model, "", "")
+    if filename:
+        return f"[{model}](https://huggingface.co/{repo_id}/blob/main/{filename})"
     return f"[{model}](https://huggingface.co/{model})"
 
 
@@ -458,12 +464,15 @@ def launch(blocks: gr.Blocks, args: AppArgs, examples: list[Path], **kwargs: Any
 
 def create(args: AppArgs, app_dir: Path) -> tuple[gr.Blocks, list[Path]]:
     """Load the model once and build the page (no server yet)."""
-    threads = args.threads or min(2, os.cpu_count() or 1)
-    torch.set_num_threads(threads)  # a CPU Space has 2 vCPUs; more threads only contend
+    threads = args.threads or min(2, os.cpu_count() or 1)  # a CPU Space has 2 vCPUs; more only contend
     model, origin = resolve_model(args.model, app_dir)
     logger.info("Serving with trashnet_hf from %s", Path(__file__).parent)
-    logger.info("Loading model %s (from %s), %d torch thread(s)", model, origin, threads)
-    classifier = Classifier.load(model)
+    logger.info("Loading model %s (from %s), %d CPU thread(s)", model, origin, threads)
+    classifier = Classifier.load(model, threads=threads)  # an ONNX session takes its threads here
+    if classifier.backend == "torch":  # only a PyTorch model imports torch; an ONNX Space has none
+        import torch
+
+        torch.set_num_threads(threads)
     classifier.predict([Image.new("RGB", (64, 64))])  # warm-up: the first visitor should not pay for it
     store = _feedback_store(args, classifier.labels)
     examples = example_files(app_dir, classifier.labels)

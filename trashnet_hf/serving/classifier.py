@@ -1,9 +1,13 @@
 """Serving a trained model: one ``Classifier`` over a model folder, a Hub id or an exported ``.onnx`` file.
 
-Scores equal ``pipeline("image-classification")``'s: the input goes through the same eval transform,
-``TimmWrapperImageProcessor``'s (timm's ``create_transform`` from the model's own ``pretrained_cfg``), and
-the scores are the softmax of the logits, sorted like the pipeline sorts them. The batch CLI
-(``trashnet_hf.serving.predict``), the app and the benchmarks all go through this class.
+Scores equal ``pipeline("image-classification")``'s: the input goes through the same eval transform as
+``TimmWrapperImageProcessor``'s (timm's ``create_transform`` from the model's own ``pretrained_cfg``),
+computed bit for bit in NumPy and PIL by ``Preprocessing.to_array``, and the scores are the softmax of the
+logits, sorted like the pipeline sorts them. The batch CLI (``trashnet_hf.serving.predict``), the app and
+the benchmarks all go through this class.
+
+An ONNX model needs onnxruntime, NumPy and PIL only: torch (and transformers, timm) load only for a
+PyTorch model, so the Space that serves ``USER/NAME/model.onnx`` installs none of them.
 
 On a GPU the model runs in channels_last with bf16 autocast (scores then differ from the float32
 pipeline's by ~1e-3, never enough to matter for a 6-class argmax); on a CPU it runs in float32, exactly as
@@ -19,23 +23,24 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import TimmWrapperImageProcessor
 
 from trashnet_hf.core.decoding import DECODE_ERRORS, ImageBoundsError, load_rgb
 from trashnet_hf.core.errors import UserError
-from trashnet_hf.core.model import (
+from trashnet_hf.core.model_meta import (
     DEFAULT_LOW_CONFIDENCE,
     THRESHOLD_KEY,
     THRESHOLD_RULE_KEY,
     ModelLoadError,
-    load_model,
 )
+from trashnet_hf.core.preprocessing import Preprocessing
 from trashnet_hf.hub import client as hub
+
+if TYPE_CHECKING:  # a PyTorch model only: serving an ONNX file imports no torch
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +107,17 @@ def low_confidence_of(value: Any, rule: Any, name: str) -> tuple[float, str | No
 
 
 def default_device() -> str:
+    """The GPU when torch sees one, else the CPU (for a PyTorch model: this imports torch)."""
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, the largest logit subtracted first so that exp cannot overflow."""
+    x = logits.astype(np.float32, copy=False)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -113,7 +128,7 @@ class Classifier:
     pretrained_cfg: dict[str, Any]  # the timm data config the preprocessing comes from
     device: str
     backend: str  # "torch" or "onnx"
-    _probabilities: Callable[[torch.Tensor], np.ndarray]
+    _probabilities: Callable[[np.ndarray], np.ndarray]
     model: torch.nn.Module | None = None  # the PyTorch model (None for ONNX)
     # The app's "not sure" threshold on the top score, and the rule that set it (low_confidence_of); None:
     # the model stores no threshold and this is DEFAULT_LOW_CONFIDENCE.
@@ -121,17 +136,35 @@ class Classifier:
     low_confidence_rule: str | None = None
 
     def __post_init__(self) -> None:
-        # What pipeline() builds from config.json: timm's eval transform of this data config.
-        self.transform = TimmWrapperImageProcessor(pretrained_cfg=self.pretrained_cfg).val_transforms
+        # What pipeline() builds from config.json (timm's eval transform of this data config), in NumPy.
+        cfg = self.pretrained_cfg
+        size = list(cfg.get("input_size", []))
+        if cfg.get("crop_mode", "center") != "center" or len(size) != 3 or size[1] != size[2]:
+            raise ModelLoadError(
+                f"the model's preprocessing (input_size {size}, crop_mode {cfg.get('crop_mode')!r}) is not "
+                "the square centre crop this project trains with; serve a model trained by train.py."
+            )
+        try:
+            self.preprocessing = Preprocessing.from_pretrained_cfg(cfg)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ModelLoadError(f"the model's preprocessing cannot be served: {err}") from err
 
     @classmethod
-    def load(cls, model: str | os.PathLike, device: str | None = None) -> Classifier:
-        """A local model/ folder (OUT/model), a Hub id (through ``trashnet_hf.hub.client``, cache first) or an
-        exported ``.onnx`` file. ``device``: "cuda", "cpu", ...; default the GPU when there is one."""
-        device = device or default_device()
+    def load(
+        cls, model: str | os.PathLike, device: str | None = None, threads: int | None = None
+    ) -> Classifier:
+        """A local model/ folder (OUT/model), a Hub id (through ``trashnet_hf.hub.client``, cache first), an
+        exported ``.onnx`` file, or one on the Hub, ``USER/NAME/FILE.onnx`` (that file alone is fetched).
+        ``device``: "cuda", "cpu", ...; default the GPU when there is one. ``threads``: onnxruntime's
+        intra-op threads for an ONNX model (default: its own); a PyTorch model uses torch's setting."""
         path = Path(model)
         if path.suffix == ".onnx":
-            return cls._from_onnx(path, device)
+            reference = None if path.exists() else hub.file_reference(str(model))
+            if reference is not None and not Path(reference[0].split("/")[0]).exists():
+                hint = f"(No local file {str(model)!r} exists either.)"
+                path = hub.download_file(*reference, hint=hint)
+            return cls._from_onnx(path, device, threads)
+        device = device or default_device()
         if path.is_dir():
             folder = path
         elif path.exists():
@@ -143,19 +176,23 @@ class Classifier:
                 f"model {str(model)!r} does not exist; pass a model folder (OUTPUT_DIR/model), a .onnx file "
                 "or a Hub id (user/name)."
             )
+        from trashnet_hf.core.model import load_model  # torch, transformers and timm: a PyTorch model only
+
         return cls.from_model(load_model(folder), device)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, device: str) -> Classifier:
         """A Classifier over a loaded PyTorch model (``trashnet_hf.core.model.load_model``)."""
+        import torch
+
         cuda = torch.device(device).type == "cuda"
         model = model.to(device).eval()
         if cuda:
             model = model.to(memory_format=torch.channels_last)
 
         @torch.inference_mode()
-        def probabilities(pixel_values: torch.Tensor) -> np.ndarray:
-            x = pixel_values.to(device, non_blocking=True)
+        def probabilities(pixel_values: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(pixel_values).to(device, non_blocking=True)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
@@ -170,7 +207,7 @@ class Classifier:
         return cls(names, dict(cfg.pretrained_cfg), device, "torch", probabilities, model, *low)
 
     @classmethod
-    def _from_onnx(cls, path: Path, device: str) -> Classifier:
+    def _from_onnx(cls, path: Path, device: str | None, threads: int | None) -> Classifier:
         import onnxruntime as ort  # optional dependency: only an .onnx model needs it
 
         if not path.is_file():
@@ -179,12 +216,17 @@ class Classifier:
                 "`trashnet-hf export OUT/model --output FILE.onnx`."
             )
         providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        # No device named: the GPU when onnxruntime has one (torch is not asked: it may not be installed).
+        wants_cuda = device is None or device.split(":")[0] == "cuda"
+        if wants_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
 
+        options = ort.SessionOptions()
+        if threads is not None:  # a CPU Space has 2 vCPUs; more threads only contend
+            options.intra_op_num_threads = threads
         try:
-            session = ort.InferenceSession(str(path), providers=providers)
+            session = ort.InferenceSession(str(path), options, providers=providers)
         except (Fail, InvalidGraph, InvalidProtobuf) as err:  # onnxruntime's errors are plain Exceptions
             raise ModelLoadError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from err
         meta = session.get_modelmeta().custom_metadata_map
@@ -194,9 +236,9 @@ class Classifier:
                 "metadata; export it with `trashnet-hf export`."
             )
 
-        def probabilities(pixel_values: torch.Tensor) -> np.ndarray:
-            (logits,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: pixel_values.numpy()})
-            return torch.from_numpy(logits).float().softmax(-1).numpy()
+        def probabilities(pixel_values: np.ndarray) -> np.ndarray:
+            (logits,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: pixel_values})
+            return softmax(logits)
 
         labels = json.loads(meta[ONNX_LABELS_KEY])
         logger.info("Loaded a %d-class ONNX model (%s)", len(labels), ", ".join(session.get_providers()))
@@ -207,13 +249,14 @@ class Classifier:
         low = low_confidence_of(stored, meta.get(ONNX_RULE_KEY), f"{path.name}'s metadata")
         return cls(labels, json.loads(meta[ONNX_CFG_KEY]), ran_on, "onnx", probabilities, None, *low)
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """The model input (3, H, W) of one RGB image: exactly what pipeline()'s image processor gives."""
-        return self.transform(image)
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The model input, float32 (3, H, W), of one image: bit for bit what pipeline()'s image processor
+        gives (``Preprocessing.to_array``; a non-RGB image is converted to RGB first)."""
+        return self.preprocessing.to_array(image)
 
-    def probabilities(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """Softmax scores (N, classes) of a preprocessed batch (N, 3, H, W), on the host."""
-        return self._probabilities(pixel_values)
+    def probabilities(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Softmax scores (N, classes) of a preprocessed float32 batch (N, 3, H, W), on the host."""
+        return self._probabilities(np.ascontiguousarray(pixel_values, dtype=np.float32))
 
     def ranked(self, probs: np.ndarray, top_k: int | None = None) -> list[list[dict[str, Any]]]:
         """pipeline()'s output for each row of ``probs``: label/score dicts, best first (a stable sort,
@@ -231,5 +274,5 @@ class Classifier:
         """Per image: ``[{"label", "score"}, ...]`` sorted by score, like pipeline(); top_k None = all."""
         if not images:
             return []
-        batch = torch.stack([self.preprocess(im if im.mode == "RGB" else im.convert("RGB")) for im in images])
+        batch = np.stack([self.preprocess(im) for im in images])
         return self.ranked(self.probabilities(batch), top_k)

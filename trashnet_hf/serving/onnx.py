@@ -134,10 +134,11 @@ def folder_photos(folder: Path) -> Photos:
     return Photos(expand_paths([str(folder)]), str(folder))
 
 
-def batches(classifier: Classifier, paths: Sequence[Path], batch_size: int = 32) -> Iterator[torch.Tensor]:
-    """Preprocessed batches of ``paths`` (pipeline()'s transform); an unreadable file stops the export."""
+def batches(classifier: Classifier, paths: Sequence[Path], batch_size: int = 32) -> Iterator[np.ndarray]:
+    """Preprocessed float32 batches of ``paths`` (pipeline()'s transform); an unreadable file stops the
+    export."""
     for start in range(0, len(paths), batch_size):
-        yield torch.stack([classifier.preprocess(open_image(p)) for p in paths[start : start + batch_size]])
+        yield np.stack([classifier.preprocess(open_image(p)) for p in paths[start : start + batch_size]])
 
 
 def export(
@@ -176,13 +177,12 @@ def export(
     onnx.save(proto, str(path))
 
 
-def onnx_logits(session: Any, pixel_values: torch.Tensor) -> np.ndarray:
-    return session.run([ONNX_OUTPUT], {ONNX_INPUT: pixel_values.numpy()})[0]
+def onnx_logits(session: Any, pixel_values: np.ndarray) -> np.ndarray:
+    """onnxruntime's logits of a float32 batch (N, 3, H, W)."""
+    return session.run([ONNX_OUTPUT], {ONNX_INPUT: pixel_values})[0]
 
 
-def check_parity(
-    model: torch.nn.Module, path: Path, inputs: Sequence[torch.Tensor], tolerance: float
-) -> float:
+def check_parity(model: torch.nn.Module, path: Path, inputs: Sequence[np.ndarray], tolerance: float) -> float:
     """The largest |onnxruntime - PyTorch| logit difference over ``inputs``; ExportError above
     ``tolerance``."""
     import onnxruntime as ort
@@ -192,7 +192,7 @@ def check_parity(
     with torch.inference_mode():
         for x in inputs:
             theirs = onnx_logits(session, x)
-            ours = model(pixel_values=x).logits.numpy()
+            ours = model(pixel_values=torch.from_numpy(x)).logits.numpy()
             if theirs.shape != ours.shape:
                 raise ExportError(
                     f"{path}: onnxruntime gives logits of shape {theirs.shape}, PyTorch {ours.shape}."
@@ -237,7 +237,7 @@ def run(args: ExportArgs) -> int:
     out = Path(args.output)
     partial = out.with_suffix(".partial.onnx")  # renamed into place only once the parity check passes
     try:
-        export(model, inputs[0], partial, args.opset, metadata)
+        export(model, torch.from_numpy(inputs[0]), partial, args.opset, metadata)
         worst = check_parity(model, partial, inputs, args.tolerance)
     except BaseException:
         partial.unlink(missing_ok=True)

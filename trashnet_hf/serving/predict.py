@@ -2,7 +2,7 @@
 
 PATHs are files, folders (searched recursively for image files) and globs. Images are decoded and
 preprocessed (``Classifier.preprocess``, pipeline()'s transform) by a thread pool that keeps the next
-batches ready while the model runs the current one: PIL's decoding and resizing and torch's tensor ops
+batches ready while the model runs the current one: PIL's decoding and resizing and NumPy's array maths
 release the GIL, so threads use the cores with none of worker processes' start-up and pickling cost. An
 unreadable file gets a row with its reason, and the run goes on.
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-import torch
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -137,7 +137,7 @@ class Row:
     error: str | None = None
 
 
-def _load(classifier: Classifier, path: Path) -> torch.Tensor | str:
+def _load(classifier: Classifier, path: Path) -> np.ndarray | str:
     try:
         return classifier.preprocess(open_image(path))
     except ImageError as err:
@@ -148,7 +148,7 @@ def predict_files(
     classifier: Classifier, files: Sequence[Path], batch_size: int, top_k: int | None, threads: int
 ) -> Iterator[Row]:
     """Rows for ``files`` in order; decoding runs ``PREFETCH_BATCHES`` batches ahead of the model."""
-    queue: deque[tuple[Path, Future[torch.Tensor | str]]] = deque()
+    queue: deque[tuple[Path, Future[np.ndarray | str]]] = deque()
     todo = iter(files)
     with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
 
@@ -164,12 +164,12 @@ def predict_files(
             batch = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
             fill()  # the next batches decode while this one runs
             loaded = [(path, future.result()) for path, future in batch]
-            tensors = [x for _, x in loaded if isinstance(x, torch.Tensor)]
+            arrays = [x for _, x in loaded if isinstance(x, np.ndarray)]
             ranked = iter(
-                classifier.ranked(classifier.probabilities(torch.stack(tensors)), top_k) if tensors else []
+                classifier.ranked(classifier.probabilities(np.stack(arrays)), top_k) if arrays else []
             )
             for path, x in loaded:
-                yield Row(str(path), next(ranked)) if isinstance(x, torch.Tensor) else Row(str(path), [], x)
+                yield Row(str(path), next(ranked)) if isinstance(x, np.ndarray) else Row(str(path), [], x)
 
 
 def write_rows(rows: Iterable[Row], fmt: str, k: int, stream: IO[str]) -> None:

@@ -1,0 +1,22 @@
+"""What serving reads from a saved model without loading it: the low-confidence keys, their default, and
+the error a model that cannot be loaded raises.
+
+Apart from ``trashnet_hf.core.model`` (which re-exports all of it) because that module imports torch,
+transformers and timm, and a Space serving an ONNX file installs none of them.
+"""
+
+from __future__ import annotations
+
+from trashnet_hf.core.errors import UserError
+
+# The app's "not sure" threshold on the calibrated top score, in config.json: training.calibration
+# computes it on the validation split and writes both keys; serving reads them (and falls back to
+# DEFAULT_LOW_CONFIDENCE, the value measured on one Lite0 run, for a model that has none).
+THRESHOLD_KEY = "low_confidence_threshold"
+THRESHOLD_RULE_KEY = "low_confidence_rule"  # one line: the rule and its parameters, or why the default
+DEFAULT_LOW_CONFIDENCE = 0.6
+
+
+class ModelLoadError(UserError):
+    """A model folder that cannot be loaded: missing, incomplete, corrupt, or with a config.json that
+    disagrees with its weights. The message is one line naming the folder or file."""
