@@ -13,11 +13,15 @@ import time
 from pathlib import Path
 
 import httpx
+import httpx2
 import numpy as np
 import pytest
 from huggingface_hub import constants
+from huggingface_hub.errors import RemoteEntryNotFoundError, RepositoryNotFoundError
 
 from tests.conftest import fake_cache, make_learnable_folder
+from trashnet_hf.core.errors import UserError
+from trashnet_hf.hub import client as hub
 from trashnet_hf.hub.client import HubUnavailableError
 from trashnet_hf.serving import onnx as export_onnx
 from trashnet_hf.serving.classifier import Classifier, open_image
@@ -93,6 +97,32 @@ def test_a_hub_onnx_reference_with_the_hub_unreachable_fails_fast() -> None:
     with pytest.raises(HubUnavailableError, match=r"model\.onnx of model 'alice/trashnet'.*cannot reach"):
         Classifier.load("alice/trashnet/model.onnx", device="cpu")
     assert time.perf_counter() - start < 10
+
+
+@pytest.mark.usefixtures("hub_cache")
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (
+            RemoteEntryNotFoundError,
+            r"Model 'alice/trashnet' on the Hub has no model\.onnx; publish the run again",
+        ),
+        (RepositoryNotFoundError, r"Model 'alice/trashnet' is not on the Hub, or is private"),
+    ],
+)
+def test_a_hub_onnx_reference_the_hub_lacks_is_one_line(
+    error: type[Exception], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def answer(*args: object, **kwargs: object) -> str:
+        raise error(
+            "404 Client Error", response=httpx2.Response(404, request=httpx2.Request("GET", "https://hf.co"))
+        )
+
+    monkeypatch.setattr(hub, "_unreachable_reason", lambda: None)  # the Hub answers...
+    monkeypatch.setattr(hub, "hf_hub_download", answer)  # ...that it has no such file or repo
+    with pytest.raises(UserError, match=message) as err:
+        Classifier.load("alice/trashnet/model.onnx", device="cpu")
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.usefixtures("offline")

@@ -30,6 +30,8 @@ from huggingface_hub.errors import (
     HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
 )
 from huggingface_hub.utils import get_session, validate_repo_id
 
@@ -202,6 +204,16 @@ def download_file(repo_id: str, filename: str, cache_dir: str | None = None, hin
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.TransportError) as err:
         # The Hub answered the probe but the connection failed during the download.
         raise _unavailable(what, f"{type(err).__name__}: {err}", cache_dir, hint) from None
+    except RemoteEntryNotFoundError:  # e.g. a model repo published before it carried model.onnx
+        raise UserError(
+            f"Model {repo_id!r} on the Hub has no {filename}; publish the run again (`trashnet-hf publish "
+            f"OUT --model-repo {repo_id}` uploads it), or name a file the repo holds."
+        ) from None
+    except RepositoryNotFoundError:  # also a private or gated repo without a token that may read it
+        raise UserError(
+            f"Model {repo_id!r} is not on the Hub, or is private and HF_TOKEN gives no access to it; check "
+            "the repo id and the token."
+        ) from None
 
 
 def download_dataset_files(
