@@ -1,11 +1,14 @@
-"""Publish a training run to the Hugging Face Hub: the model repo (weights, card, plots, results) and the
-Gradio Space (the demo, self-contained).
+"""Publish a training run to the Hugging Face Hub: the model repo (weights, ONNX export, card, plots,
+results), the Gradio Space (the demo, self-contained) and the static Space (the demo in the browser).
 
     trashnet-hf publish OUT --model-repo USER/NAME --space-repo USER/NAME-demo --dry-run
     trashnet-hf publish OUT --model-repo USER/NAME --space-repo USER/NAME-demo
     trashnet-hf publish build --space-only --model-repo USER/NAME --space-repo USER/NAME-demo
 
-Both folders are built under OUT/publish/ (model/ and space/) first, then each is uploaded in one
+    trashnet-hf publish OUT --model-repo USER/NAME --static-space-repo USER/NAME-web --dry-run
+
+The folders are built under OUT/publish/ (model/, space/ and static/, the static Space of
+``trashnet_hf.hub.static``) first, then each is uploaded in one
 commit after ``create_repo(exist_ok=True)``. --dry-run stops after the build: the offline twin of a push.
 The build happens in a hidden sibling folder and replaces OUT/publish only once it is complete, so a
 failure leaves the previous build as it was; a previous build is replaced only if nobody added or edited
@@ -46,6 +49,7 @@ from trashnet_hf.core.errors import ConfigError, UserError
 from trashnet_hf.hub import client as hub
 from trashnet_hf.hub.card import read_run, render_card
 from trashnet_hf.hub.redact import Redactor
+from trashnet_hf.hub.static import ORT_WEB_VERSION, build_static_folder
 
 if TYPE_CHECKING:  # config.py imports timm (torch); the Space workflow builds without them
     from trashnet_hf.core.config import TrainConfig
@@ -59,6 +63,7 @@ PROJECT = PACKAGE.parent  # a checkout: app.py and requirements.txt sit beside t
 MARKER = ".trashnet-hf-build.json"
 BUILT_BY = "trashnet_hf.publish"  # the marker value predates the hub wing; kept so earlier builds rebuild
 MODEL_FILES = ("config.json", "model.safetensors")
+ONNX_FILE = "model.onnx"  # the exported model in the model repo: the Spaces run it, without torch
 RUN_FILES = ("results.json", "confusion_matrix.png", "curves.png", "reliability.png")
 # What the Space installs: the app's runtime imports, pinned to requirements.txt (tests/test_publish.py
 # checks them against what app.py loads). The Space serves the model repo's model.onnx (model_id.txt is
@@ -68,7 +73,6 @@ RUN_FILES = ("results.json", "confusion_matrix.png", "curves.png", "reliability.
 # gradio: a Gradio Space installs the version its README's sdk_version names.
 SPACE_WINGS = ("core", "serving", "hub")  # what app.py imports; tests/test_layers.py checks it
 SPACE_PACKAGES = ("onnxruntime", "numpy", "pillow", "huggingface_hub", "httpx2")
-SPACE_MODEL_FILE = "model.onnx"  # what the Space loads from the model repo
 SUBSCRIPTION_NOTE = (
     "A Gradio Space on the free cpu-basic hardware needs a PRO (user) or Team/Enterprise (organisation) "
     "subscription on the Hub (paid hardware needs billing instead); the model repo and "
@@ -105,6 +109,21 @@ class PublishArgs:
         default=None,
         metadata={"help": "Hub Space to create or update with the Gradio demo, USER/NAME; default: none."},
     )
+    static_space_repo: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub Space to create or update with the static demo (free hosting: the model runs in the "
+            "visitor's browser with onnxruntime-web), USER/NAME; default: none."
+        },
+    )
+    ort_web_tarball: str | None = field(
+        default=None,
+        metadata={
+            "help": f"The onnxruntime-web {ORT_WEB_VERSION} npm tarball for the static Space, for a machine "
+            "that cannot reach the npm registry (`npm pack onnxruntime-web@VERSION`); default: downloaded "
+            "once into ~/.cache/trashnet-hf/npm. Its checksums are verified either way."
+        },
+    )
     private: bool = field(
         default=False, metadata={"help": "Create the repos private (an existing repo keeps its visibility)."}
     )
@@ -136,12 +155,18 @@ class PublishArgs:
         hub.check_repo_id("--model-repo", self.model_repo)
         if self.space_repo is not None:
             hub.check_repo_id("--space-repo", self.space_repo)
+        if self.static_space_repo is not None:
+            hub.check_repo_id("--static-space-repo", self.static_space_repo)
+        if self.ort_web_tarball is not None and not Path(self.ort_web_tarball).is_file():
+            raise ConfigError(f"--ort-web-tarball {self.ort_web_tarball}: no such file.")
         out = Path(self.output_dir)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"OUT: {out} is a file; pass train.py's output folder.")
         if self.space_only:
-            if self.space_repo is None:
-                raise ConfigError("--space-only builds the Space: pass --space-repo USER/NAME.")
+            if self.space_repo is None and self.static_space_repo is None:
+                raise ConfigError(
+                    "--space-only builds the Spaces: pass --space-repo USER/NAME and/or --static-space-repo."
+                )
             return
         for other in self.compare_with:
             if not (Path(other) / "results.json").is_file():
@@ -164,6 +189,7 @@ class Built:
 
     model: Path | None
     space: Path | None
+    static: Path | None = None
 
 
 # --- Build ------------------------------------------------------------------------------------------
@@ -284,6 +310,16 @@ def build_model_folder(
             shutil.copy2(out / name, dest / name)
     card = render_card(out, model_id, compare_with)
     redactor.write_text(dest / "README.md", str(card), "model/README.md (the card)")
+    export_onnx(out / "model", dest / ONNX_FILE)
+    return dest
+
+
+def export_onnx(model_dir: Path, dest: Path) -> Path:
+    """``model.onnx`` for the model repo and the Spaces: ``trashnet-hf export``'s file (labels and
+    preprocessing in its metadata), written only once onnxruntime matches PyTorch on the run's test photos."""
+    from trashnet_hf.serving import onnx  # torch: only a build from a training run gets here
+
+    onnx.run(onnx.ExportArgs(model_dir=str(model_dir), output=str(dest)))
     return dest
 
 
@@ -350,7 +386,7 @@ def _space_readme(model_id: str, space_id: str) -> str:
         "it to do worse on photos of real bins.\n\nBuilt by `trashnet-hf publish` of the "
         "trashnet-hf project: `app.py`, the `trashnet_hf` package it imports, `requirements.txt`, "
         "`examples/` (TrashNet photos, MIT, see examples/CREDITS.md) and `model_id.txt` (the model the "
-        f"app loads: the repo's `{SPACE_MODEL_FILE}`, run with ONNX Runtime; the Space installs no PyTorch)."
+        f"app loads: the repo's `{ONNX_FILE}`, run with ONNX Runtime; the Space installs no PyTorch)."
         "\n\n"
         f"Note: {SUBSCRIPTION_NOTE}\n"
     )
@@ -368,7 +404,7 @@ def build_space_folder(dest: Path, model_id: str, space_id: str, redactor: Redac
     # The package is not on PyPI, so the Space carries its code: only the wings the app imports (no data
     # preparation, no training), without the sample images (the examples below are the few the demo
     # shows) or hidden files (.env, editor state).
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".*", "static_space")  # the page: not the app
     (dest / "trashnet_hf").mkdir()
     shutil.copy2(PACKAGE / "__init__.py", dest / "trashnet_hf" / "__init__.py")
     for wing in SPACE_WINGS:
@@ -377,12 +413,21 @@ def build_space_folder(dest: Path, model_id: str, space_id: str, redactor: Redac
     texts = {
         "requirements.txt": "".join(f"{n}=={v}\n" for n, v in pins.items()),
         "README.md": _space_readme(model_id, space_id),
-        "model_id.txt": f"{model_id}/{SPACE_MODEL_FILE}\n",  # the ONNX export: no torch in the Space
+        "model_id.txt": f"{model_id}/{ONNX_FILE}\n",  # the ONNX export: no torch in the Space
     }
     for name, text in texts.items():
         redactor.write_text(dest / name, text, f"space/{name}")
     _examples(dest / "examples", redactor)
     return dest
+
+
+def published_onnx(model_repo: str) -> Path:
+    """The model repo's ``model.onnx`` (cache first), for a --space-only build of the static Space."""
+    return hub.download_file(
+        model_repo,
+        ONNX_FILE,
+        hint=f"The static Space runs the {ONNX_FILE} that `trashnet-hf publish` uploads.",
+    )
 
 
 def _redactor(args: PublishArgs) -> Redactor:
@@ -409,6 +454,14 @@ def build(args: PublishArgs) -> Built:
             build_model_folder(out, staging / "model", args.model_repo, redactor, args.compare_with)
         if args.space_repo is not None:
             build_space_folder(staging / "space", args.model_repo, args.space_repo, redactor)
+        if args.static_space_repo is not None:
+            onnx_path = (
+                staging / "model" / ONNX_FILE if not args.space_only else published_onnx(args.model_repo)
+            )
+            build_static_folder(
+                staging / "static", onnx_path, args.model_repo, args.static_space_repo, redactor,
+                args.ort_web_tarball,
+            )  # fmt: skip
         redactor.audit(staging)  # every file, as bytes: no local path, no secret
         (staging / MARKER).write_text(json.dumps({"built_by": BUILT_BY, "files": _digests(staging)}))
         _swap_in(staging, publish)
@@ -416,9 +469,11 @@ def build(args: PublishArgs) -> Built:
         if staging.exists():  # the build failed: drop it, the previous one is untouched
             shutil.rmtree(staging)
     built = Built(
-        None if args.space_only else publish / "model", None if args.space_repo is None else publish / "space"
+        None if args.space_only else publish / "model",
+        None if args.space_repo is None else publish / "space",
+        None if args.static_space_repo is None else publish / "static",
     )
-    for folder in (built.model, built.space):
+    for folder in (built.model, built.space, built.static):
         if folder is not None:
             files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
             logger.info("Built %s (%d files):\n  %s", folder, len(files), "\n  ".join(files))
@@ -489,6 +544,8 @@ def push(built: Built, args: PublishArgs, api: HfApi) -> list[str]:
         uploads.append((built.model, args.model_repo, "model", {}))
     if built.space is not None:
         uploads.append((built.space, args.space_repo, "space", {"space_sdk": "gradio"}))
+    if built.static is not None:
+        uploads.append((built.static, args.static_space_repo, "space", {"space_sdk": "static"}))
     urls = []
     for folder, repo_id, repo_type, extra in uploads:
         create = partial(
@@ -515,7 +572,9 @@ def publish(args: PublishArgs, api: HfApi | None = None) -> Built:
     """Build the folders, then (unless --dry-run) upload them; ``api`` defaults to an ``HfApi()``, which
     finds the token itself."""
     if args.space_repo is not None:
-        logger.warning("Space: %s", SUBSCRIPTION_NOTE)
+        logger.warning(
+            "Space: %s (--static-space-repo builds a demo that is free to host.)", SUBSCRIPTION_NOTE
+        )
     if not args.dry_run:
         api = api or HfApi()
         logger.info("Pushing as Hub user %s", check_can_push(api))  # before the build: fails in seconds
@@ -551,7 +610,9 @@ def publish_trained(cfg: TrainConfig, completed: bool, api: HfApi) -> None:
         logger.warning("Not published: the run did not finish. Publish a finished run later with: %s", hint)
         return
     if PartialState().is_main_process:
-        args = PublishArgs(cfg.output_dir, cfg.hub_model_id, cfg.hub_space_id, cfg.hub_private_repo)
+        args = PublishArgs(
+            cfg.output_dir, cfg.hub_model_id, space_repo=cfg.hub_space_id, private=cfg.hub_private_repo
+        )
         publish(args, api)
 
 

@@ -32,6 +32,7 @@ from trashnet_hf.core import cli
 from trashnet_hf.core.errors import ConfigError, UserError
 from trashnet_hf.serving.classifier import Classifier, ImageError, open_image
 from trashnet_hf.serving.feedback import FeedbackStore
+from trashnet_hf.serving.hints import BIN_HINTS, MAX_FILE_BYTES, MIN_SIDE  # as the static page
 
 logger = logging.getLogger(__name__)
 
@@ -39,24 +40,11 @@ TOP_K = 3
 # Below the model's own threshold on the calibrated top score the page says "not sure": set at calibration
 # on its validation split (training.calibration's rule, stored in config.json), read by the Classifier,
 # which falls back to 0.6 (core.model.DEFAULT_LOW_CONFIDENCE) for a model that stores none.
-MIN_SIDE = 32  # smaller images hold too little to recognise (and a 1x1 "photo" is usually a broken upload)
-# Per upload (Gradio's max_file_size), and per data: URL once decoded. The pixels are bounded apart from
-# the bytes (decoding.check_bounds, from the header): PIL's bomb limit (about 89 MP), MIN_SIDE, 1:20 sides.
-MAX_FILE_BYTES = 20 * 1024 * 1024
+# The upload limits (MIN_SIDE, MAX_FILE_BYTES) and BIN_HINTS live in serving.hints, shared with the page.
 # The one answer to a path that is not an upload, whether or not it exists: nothing about the server leaks.
 NOT_UPLOADED = "Refused. The app reads only images uploaded to it; send the image itself."
 MAX_BATCH_FILES = 50
 CSV_COLUMNS = ["file", "label", "score", "note"]
-
-# One line of advice per TrashNet class. Rules differ from town to town; the page says so.
-BIN_HINTS = {
-    "cardboard": "Recycling (paper & card): flatten it, keep it dry; greasy pizza boxes go in general waste.",
-    "glass": "Glass recycling (bottle bank): empty and rinse it; no window glass, mirrors or ceramics.",
-    "metal": "Recycling (cans & tins): empty and rinse it; aerosols only when completely empty.",
-    "paper": "Recycling (paper & card): clean and dry only; no tissues or food-stained paper.",
-    "plastic": "Recycling (plastics), if your council takes this kind: empty and rinse it, lid on.",
-    "trash": "General waste: this one is not recyclable at the kerb.",
-}
 
 TITLE = "Which bin? Sorting trash photos with a fine-tuned CNN"
 INTRO = (
