@@ -36,7 +36,7 @@ from huggingface_hub import SpaceCard, SpaceCardData
 from trashnet_hf import SAMPLE_DIR, example_photo
 from trashnet_hf.core.errors import UserError
 from trashnet_hf.hub.redact import Redactor
-from trashnet_hf.serving.hints import BIN_HINTS, MAX_FILE_BYTES, MAX_PIXELS, MAX_SIDE_RATIO, MIN_SIDE
+from trashnet_hf.serving import hints
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ MODEL_JSON_FORMAT = "trashnet-hf static model 1"
 # package, so building the page needs neither torch nor onnxruntime.
 LABELS_KEY, CFG_KEY = "trashnet_hf.labels", "trashnet_hf.pretrained_cfg"
 THRESHOLD_KEY, RULE_KEY = "trashnet_hf.low_confidence_threshold", "trashnet_hf.low_confidence_rule"
+OOD_THRESHOLD_KEY, OOD_RULE_KEY = "trashnet_hf.ood_threshold", "trashnet_hf.ood_rule"
+OOD_OUTPUT = "ood_score"  # the graph's second output, when the model carries its out-of-distribution data
 DEFAULT_LOW_CONFIDENCE = 0.6  # core.model's, for a model that stores no threshold (as the app does)
 HOSTING_NOTE = "A static Space is free on the Hub: the page runs in each visitor's browser, no server."
 
@@ -188,6 +190,14 @@ def model_info(onnx_path: Path) -> dict[str, Any]:
         },
         "low_confidence": float(threshold),
         "low_confidence_rule": meta.get(RULE_KEY, "the default: the model stores no threshold"),
+        # None: the model has no out-of-distribution score, and the page never says "not waste".
+        "ood": None
+        if OOD_THRESHOLD_KEY not in meta
+        else {
+            "output": OOD_OUTPUT,
+            "threshold": float(json.loads(meta[OOD_THRESHOLD_KEY])),
+            "rule": meta.get(OOD_RULE_KEY, "rule not recorded"),
+        },
     }
 
 
@@ -275,13 +285,16 @@ def build_static_folder(
         "input": "pixel_values",
         "output": "logits",
         **info,
-        "bin_hints": {label: BIN_HINTS.get(label, "") for label in info["labels"]},  # "": none (as the app)
+        "foreign": {"message": hints.FOREIGN_MESSAGE, "advice": hints.FOREIGN_ADVICE},
+        "bin_hints": {
+            label: hints.BIN_HINTS.get(label, "") for label in info["labels"]
+        },  # "": none (as the app)
         "examples": examples,
         "limits": {
-            "min_side": MIN_SIDE,
-            "max_file_bytes": MAX_FILE_BYTES,
-            "max_pixels": MAX_PIXELS,
-            "max_aspect": MAX_SIDE_RATIO,
+            "min_side": hints.MIN_SIDE,
+            "max_file_bytes": hints.MAX_FILE_BYTES,
+            "max_pixels": hints.MAX_PIXELS,
+            "max_aspect": hints.MAX_SIDE_RATIO,
         },
         "files": sizes,
     }

@@ -19,6 +19,13 @@ BIN_HINTS = {
     "plastic": "Recycling (plastics), if your council takes this kind: empty and rinse it, lid on.",
     "trash": "General waste: this one is not recyclable at the kerb.",
 }
+# Shown instead of a label when the out-of-distribution score is over the model's threshold (core.ood):
+# the photo is unlike the training photos, so any of the six names would be a confident guess at nothing.
+FOREIGN_MESSAGE = "This does not look like one piece of waste from the six kinds."
+FOREIGN_ADVICE = (
+    "The model knows studio photos of one object on a plain background (cardboard, glass, metal, paper, "
+    "plastic, trash); try a closer photo of one item."
+)
 MIN_SIDE = 32  # smaller images hold too little to recognise (and a 1x1 "photo" is usually a broken upload)
 # Per upload (Gradio's max_file_size), and per data: URL once decoded. The pixels are bounded apart from
 # the bytes (decoding.check_bounds, from the header): PIL's bomb limit (about 89 MP), MIN_SIDE, 1:20 sides.

@@ -85,6 +85,11 @@ function clearOutput() {
   $('hint').replaceChildren();
   $('notice').hidden = true;
   $('notice').textContent = '';
+  $('foreign').hidden = true;
+  $('foreign').replaceChildren();
+  $('closest').hidden = true;
+  $('results').classList.remove('muted');
+  delete document.body.dataset.foreign;
   $('timing').textContent = '';
   const preview = $('preview');
   preview.hidden = true;
@@ -284,6 +289,9 @@ async function run(file) {
   const tensor = new ort.Tensor('float32', input, [1, 3, size, size]);
   const outputs = await session.run({ [config.input]: tensor });
   const logits = Array.from(outputs[config.output].data);
+  // The out-of-distribution score (the graph's second output, when the model carries one): over the
+  // model's threshold, the photo is unlike every training photo and no label is shown as the answer.
+  const ood = config.ood && outputs[config.ood.output] ? outputs[config.ood.output].data[0] : null;
   const t3 = performance.now();
   const probs = softmax(logits);
   const ranked = config.labels.map((label, i) => ({ label, score: probs[i] })).sort((a, b) => b.score - a.score);
@@ -297,11 +305,14 @@ async function run(file) {
     scores: Object.fromEntries(config.labels.map((label, i) => [label, probs[i]])),
     logits,
     lowConfidence: ranked[0].score < config.low_confidence,
+    oodScore: ood,
+    foreign: ood !== null && ood > config.ood.threshold,
     timing: { decode_ms: t1 - t0, preprocess_ms: t2 - t1, inference_ms: t3 - t2 },
   };
 }
 
 function render(result, file) {
+  renderPreview(file);
   const results = $('results');
   for (const { label, score } of result.top) {
     const row = document.createElement('li');
@@ -323,6 +334,17 @@ function render(result, file) {
     row.append(name, pct, bar);
     results.append(row);
   }
+  document.body.dataset.foreign = String(result.foreign);
+  if (result.foreign) {
+    const strong = document.createElement('strong');
+    strong.textContent = config.foreign?.message ?? 'This does not look like one piece of waste.';
+    $('foreign').replaceChildren(strong, ' ', config.foreign?.advice ?? '');
+    $('foreign').hidden = false;
+    $('closest').hidden = false;
+    results.classList.add('muted');
+    renderTiming(result);
+    return;
+  }
   const strong = document.createElement('strong');
   const hint = config.bin_hints?.[result.label];
   strong.textContent = hint ? 'Bin: ' : capitalize(result.label);
@@ -339,10 +361,17 @@ function render(result, file) {
     );
     $('notice').hidden = false;
   }
+  renderTiming(result);
+}
+
+function renderTiming(result) {
   const { decode_ms, preprocess_ms, inference_ms } = result.timing;
   $('timing').textContent =
     `Model time: preprocessing ${preprocess_ms.toFixed(0)} ms, inference ${inference_ms.toFixed(0)} ms ` +
     `(WebAssembly, on this device; decoding the ${result.width}x${result.height} photo ${decode_ms.toFixed(0)} ms)`;
+}
+
+function renderPreview(file) {
   previewUrl = URL.createObjectURL(file);
   const preview = $('preview');
   preview.src = previewUrl;
