@@ -21,13 +21,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from trashnet_hf.core import backbones
+from trashnet_hf.core import backbones, ood
 from trashnet_hf.core.errors import ConfigError
 from trashnet_hf.core.files import read_json_object
 
 # Re-exported: they live in model_meta so that serving an ONNX file needs no torch (see that module).
 from trashnet_hf.core.model_meta import (  # noqa: F401
     DEFAULT_LOW_CONFIDENCE,
+    OOD_FILE,
+    OOD_KEYS,
     THRESHOLD_KEY,
     THRESHOLD_RULE_KEY,
     ModelLoadError,
@@ -245,9 +247,21 @@ def _sync_timm_cfg(model: TimmWrapperForImageClassification) -> None:
 
 
 def save_model(model: TimmWrapperForImageClassification, out_dir: str | Path) -> Path:
-    """Save safetensors weights and a config.json read by pipeline() and by timm's "local-dir:" loader."""
+    """Save safetensors weights and a config.json read by pipeline() and by timm's "local-dir:" loader;
+    the OOD scorer the model carries (``core.ood.attach``) as ood.safetensors and config.json's ood_* keys
+    (a model without one: neither, so a stale bank never outlives its model)."""
     out = Path(out_dir)
+    scorer = ood.scorer_of(model)
+    for key, value in (scorer.config_entries() if scorer is not None else dict.fromkeys(OOD_KEYS)).items():
+        if value is not None:
+            setattr(model.config, key, value)
+        elif hasattr(model.config, key):
+            delattr(model.config, key)
     model.save_pretrained(out)
+    if scorer is not None:
+        ood.save_ood(scorer, out)
+    else:
+        (out / OOD_FILE).unlink(missing_ok=True)
     config_path = out / "config.json"
     config = json.loads(config_path.read_text())
     # transformers writes "model_args": null, and timm 1.0.31's local-dir loader calls .get() on it.
@@ -329,10 +343,11 @@ def _check_model_folder(folder: Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path) -> TimmWrapperForImageClassification:
-    """Load a folder written by ``save_model``.
+    """Load a folder written by ``save_model``, with its OOD scorer (``core.ood.scorer_of``) if it has one.
 
     Raises ModelLoadError (one line naming the folder or file) for a missing folder, config.json or
-    weights file, a truncated weights file, or a config.json whose classes disagree with the weights.
+    weights file, a truncated weights file, a config.json whose classes disagree with the weights, or a
+    damaged ood.safetensors.
     """
     folder = Path(path)
     config = _check_model_folder(folder)
@@ -355,6 +370,7 @@ def load_model(path: str | Path) -> TimmWrapperForImageClassification:
             f"unexpected; {_RESAVE_HINT}"
         )
     _sync_timm_cfg(model)
+    ood.attach(model, ood.load_ood(folder, config, ood.feature_dim(model.timm_model)))
     return model
 
 

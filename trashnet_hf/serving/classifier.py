@@ -32,6 +32,8 @@ from trashnet_hf.core.decoding import DECODE_ERRORS, ImageBoundsError, load_rgb
 from trashnet_hf.core.errors import UserError
 from trashnet_hf.core.model_meta import (
     DEFAULT_LOW_CONFIDENCE,
+    OOD_RULE_KEY,
+    OOD_THRESHOLD_KEY,
     THRESHOLD_KEY,
     THRESHOLD_RULE_KEY,
     ModelLoadError,
@@ -50,8 +52,14 @@ ONNX_LABELS_KEY = "trashnet_hf.labels"  # JSON list, in output order
 ONNX_CFG_KEY = "trashnet_hf.pretrained_cfg"  # JSON object: the timm data config of the model
 ONNX_THRESHOLD_KEY = f"trashnet_hf.{THRESHOLD_KEY}"  # JSON number, when the model has one
 ONNX_RULE_KEY = f"trashnet_hf.{THRESHOLD_RULE_KEY}"  # its rule, one line
+ONNX_OOD_THRESHOLD_KEY = f"trashnet_hf.{OOD_THRESHOLD_KEY}"  # JSON number, when the model has OOD data
+ONNX_OOD_RULE_KEY = f"trashnet_hf.{OOD_RULE_KEY}"  # how it was set, one line
 ONNX_INPUT = "pixel_values"
 ONNX_OUTPUT = "logits"
+ONNX_OOD_OUTPUT = "ood_score"  # (batch,), a second output when the model has OOD data
+
+# What a backend computes for a float32 batch: softmax scores (N, C) and OOD scores (N,) or None.
+Scorer = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 class ImageError(UserError):
@@ -106,6 +114,28 @@ def low_confidence_of(value: Any, rule: Any, name: str) -> tuple[float, str | No
     return float(value), str(rule or "rule not recorded")
 
 
+def ood_threshold_of(value: Any, rule: Any, name: str) -> tuple[float | None, str | None]:
+    """The OOD threshold a model stores (``name``: where) and its rule; (None, None) for a model without
+    OOD data, which then never calls a photo foreign. ModelLoadError for a value that is not a finite
+    cosine distance (0 to 2)."""
+    if value is None:
+        return None, None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
+        raise ModelLoadError(
+            f"{name}: {OOD_THRESHOLD_KEY} must be a cosine distance in [0, 2], got {value!r}"
+        )
+    return float(value), str(rule or "rule not recorded")
+
+
+def _json_or_raw(value: str | None) -> Any:
+    """A metadata value parsed as JSON, or as it is when it is not JSON (then refused, named, by the
+    caller's check)."""
+    try:
+        return None if value is None else json.loads(value)
+    except ValueError:
+        return value
+
+
 def default_device() -> str:
     """The GPU when torch sees one, else the CPU (for a PyTorch model: this imports torch)."""
     import torch
@@ -118,6 +148,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float32, copy=False)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Assessment:
+    """One photo's answer: pipeline()'s ranked labels, its OOD score (None: the model has no OOD data)
+    and whether that score marks it as foreign, not one of the waste photos the model knows."""
+
+    ranked: list[dict[str, Any]]
+    ood_score: float | None
+    foreign: bool
 
 
 @dataclass
@@ -134,6 +174,12 @@ class Classifier:
     # the model stores no threshold and this is DEFAULT_LOW_CONFIDENCE.
     low_confidence: float = DEFAULT_LOW_CONFIDENCE
     low_confidence_rule: str | None = None
+    # Softmax and OOD scores in one forward (None: softmax only, no OOD score).
+    _scores: Scorer | None = None
+    # The OOD score above which a photo is foreign, and how it was set; None: the model stores no OOD data
+    # and assess() never calls a photo foreign.
+    ood_threshold: float | None = None
+    ood_rule: str | None = None
 
     def __post_init__(self) -> None:
         # What pipeline() builds from config.json (timm's eval transform of this data config), in NumPy.
@@ -190,21 +236,50 @@ class Classifier:
         if cuda:
             model = model.to(memory_format=torch.channels_last)
 
+        from trashnet_hf.core import ood
+
+        scorer = ood.scorer_of(model)
+        if scorer is not None:
+            scorer = scorer.to(device)
+
+        def to_device(pixel_values: np.ndarray) -> torch.Tensor:
+            x = torch.from_numpy(pixel_values).to(device, non_blocking=True)
+            return x.contiguous(memory_format=torch.channels_last) if cuda else x
+
         @torch.inference_mode()
         def probabilities(pixel_values: np.ndarray) -> np.ndarray:
-            x = torch.from_numpy(pixel_values).to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                logits = model(pixel_values=x).logits
+                logits = model(pixel_values=to_device(pixel_values)).logits
             return logits.float().softmax(-1).cpu().numpy()  # the batch's one host transfer
+
+        @torch.inference_mode()
+        def scores(pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            if scorer is None:
+                return probabilities(pixel_values), None
+            x = to_device(pixel_values).to(model.dtype)  # as the wrapper's forward casts it
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                features, logits = ood.features_and_logits(model.timm_model, x)
+            both = torch.cat([logits.float().softmax(-1), scorer(features)[:, None]], dim=1)
+            both = both.cpu().numpy()  # one host transfer for both
+            return both[:, :-1], both[:, -1]
+
+        return cls._torch(model, device, probabilities, scores)
+
+    @classmethod
+    def _torch(cls, model: torch.nn.Module, device: str, probabilities: Any, scores: Scorer) -> Classifier:
+        from trashnet_hf.core import ood
 
         names = [model.config.id2label[i] for i in range(model.config.num_labels)]
         logger.info("Loaded a %d-class PyTorch model on %s", len(names), device)
         cfg = model.config
         rule = getattr(cfg, THRESHOLD_RULE_KEY, None)
         low = low_confidence_of(getattr(cfg, THRESHOLD_KEY, None), rule, "config.json")
-        return cls(names, dict(cfg.pretrained_cfg), device, "torch", probabilities, model, *low)
+        scorer = ood.scorer_of(model)
+        stored = (scorer.threshold, scorer.rule) if scorer is not None else (None, None)
+        threshold = ood_threshold_of(*stored, "config.json")
+        return cls(
+            names, dict(cfg.pretrained_cfg), device, "torch", probabilities, model, *low, scores, *threshold
+        )
 
     @classmethod
     def _from_onnx(cls, path: Path, device: str | None, threads: int | None) -> Classifier:
@@ -240,6 +315,14 @@ class Classifier:
             (logits,) = session.run([ONNX_OUTPUT], {ONNX_INPUT: pixel_values})
             return softmax(logits)
 
+        has_ood = ONNX_OOD_OUTPUT in {o.name for o in session.get_outputs()}
+
+        def scores(pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            if not has_ood:
+                return probabilities(pixel_values), None
+            logits, ood_score = session.run([ONNX_OUTPUT, ONNX_OOD_OUTPUT], {ONNX_INPUT: pixel_values})
+            return softmax(logits), ood_score
+
         labels = json.loads(meta[ONNX_LABELS_KEY])
         logger.info("Loaded a %d-class ONNX model (%s)", len(labels), ", ".join(session.get_providers()))
         ran_on = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
@@ -247,7 +330,13 @@ class Classifier:
         with contextlib.suppress(ValueError):  # not JSON: low_confidence_of refuses it, the value named
             stored = None if stored is None else json.loads(stored)
         low = low_confidence_of(stored, meta.get(ONNX_RULE_KEY), f"{path.name}'s metadata")
-        return cls(labels, json.loads(meta[ONNX_CFG_KEY]), ran_on, "onnx", probabilities, None, *low)
+        threshold = ood_threshold_of(
+            _json_or_raw(meta.get(ONNX_OOD_THRESHOLD_KEY)),
+            meta.get(ONNX_OOD_RULE_KEY),
+            f"{path.name}'s metadata",
+        )
+        cfg = json.loads(meta[ONNX_CFG_KEY])
+        return cls(labels, cfg, ran_on, "onnx", probabilities, None, *low, scores, *threshold)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The model input, float32 (3, H, W), of one image: bit for bit what pipeline()'s image processor
@@ -269,6 +358,24 @@ class Classifier:
             order = sorted(range(len(row)), key=lambda i, r=row: r[i], reverse=True)[:k]
             out.append([{"label": self.labels[i], "score": row[i]} for i in order])
         return out
+
+    def assess_batch(self, pixel_values: np.ndarray, top_k: int | None = None) -> list[Assessment]:
+        """``assess`` of a preprocessed float32 batch (N, 3, H, W): one forward gives the scores of both."""
+        x = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        probs, ood_scores = self._scores(x) if self._scores is not None else (self._probabilities(x), None)
+        scores = [None] * len(probs) if ood_scores is None else ood_scores.tolist()
+        limit = self.ood_threshold
+        return [
+            Assessment(ranked, score, score is not None and limit is not None and score > limit)
+            for ranked, score in zip(self.ranked(probs, top_k), scores, strict=True)
+        ]
+
+    def assess(self, images: Sequence[Image.Image], top_k: int | None = None) -> list[Assessment]:
+        """Per image: ``predict()``'s ranked labels (the same top-1: the OOD score never changes it), the
+        OOD score and whether it is above ``ood_threshold`` (never, for a model without OOD data)."""
+        if not images:
+            return []
+        return self.assess_batch(np.stack([self.preprocess(im) for im in images]), top_k)
 
     def predict(self, images: Sequence[Image.Image], top_k: int | None = None) -> list[list[dict[str, Any]]]:
         """Per image: ``[{"label", "score"}, ...]`` sorted by score, like pipeline(); top_k None = all."""

@@ -1,7 +1,9 @@
 """``trashnet-hf export OUT/model --output model.onnx``: the model for serving without PyTorch.
 
-The file takes ``pixel_values`` (batch, 3, H, W; the batch axis is dynamic) and gives ``logits``; its
-``metadata_props`` hold the labels and the timm data config, so ``Classifier.load("model.onnx")`` and
+The file takes ``pixel_values`` (batch, 3, H, W; the batch axis is dynamic) and gives ``logits`` and, for
+a model with OOD data (``core.ood``), a second output ``ood_score`` (batch,) from the same features, with
+the training photos' features stored as float16 in the graph; its ``metadata_props`` hold the labels, the
+timm data config and the thresholds, so ``Classifier.load("model.onnx")`` and
 ``trashnet-hf predict --model model.onnx`` need nothing else and preprocess as pipeline() does.
 
 Exporter: torch's TorchScript-based one (``dynamo=False``). The torch.export-based default needs the extra
@@ -30,10 +32,14 @@ from trashnet_hf.core import cli
 from trashnet_hf.core.errors import ConfigError, UserError
 from trashnet_hf.core.manifest import MANIFEST_FILE, read_manifest
 from trashnet_hf.core.model import load_model
+from trashnet_hf.core.ood import OodScorer, features_and_logits, scorer_of
 from trashnet_hf.serving.classifier import (
     ONNX_CFG_KEY,
     ONNX_INPUT,
     ONNX_LABELS_KEY,
+    ONNX_OOD_OUTPUT,
+    ONNX_OOD_RULE_KEY,
+    ONNX_OOD_THRESHOLD_KEY,
     ONNX_OUTPUT,
     ONNX_RULE_KEY,
     ONNX_THRESHOLD_KEY,
@@ -83,7 +89,9 @@ class ExportArgs:
         default=32,
     )
     tolerance: float = cli.help_field(
-        "Largest |onnxruntime - PyTorch| logit difference the export accepts.", default=1e-4
+        "Largest |onnxruntime - PyTorch| difference of the logits (and OOD scores) the export accepts; "
+        "the OOD flags must also agree.",
+        default=1e-4,
     )
 
     def __post_init__(self) -> None:
@@ -144,16 +152,12 @@ def batches(classifier: Classifier, paths: Sequence[Path], batch_size: int = 32)
 def export(
     model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict[str, str]
 ) -> None:
-    """The model's logits graph with a dynamic batch axis, its ``metadata_props`` filled in."""
+    """The model's logits graph (and OOD score, when the model carries a scorer) with a dynamic batch
+    axis, its ``metadata_props`` filled in."""
     import onnx
 
-    class Logits(torch.nn.Module):  # the wrapper's forward returns a ModelOutput; ONNX wants a tensor
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-            return self.inner(pixel_values=pixel_values).logits
+    graph = Graph(model, scorer_of(model)).eval()
+    outputs = [ONNX_OUTPUT] if graph.scorer is None else [ONNX_OUTPUT, ONNX_OOD_OUTPUT]
 
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of torch.export (see the module docstring).
@@ -161,9 +165,9 @@ def export(
         warnings.filterwarnings("ignore", message="The feature will be removed.*")
         try:
             torch.onnx.export(
-                Logits(model).eval(), (example,), str(path), dynamo=False, opset_version=opset,
-                input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                graph, (example,), str(path), dynamo=False, opset_version=opset,
+                input_names=[ONNX_INPUT], output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in [ONNX_INPUT, *outputs]},
             )  # fmt: skip
         except torch.onnx.errors.OnnxExporterError as err:  # an operator this opset cannot express
             reason = str(err).split(". ")[0]
@@ -172,9 +176,51 @@ def export(
                 f"written. Use a newer opset, such as the default {DEFAULT_OPSET}."
             ) from None
     proto = onnx.load(str(path))
+    if graph.scorer is not None:
+        half_bank(proto, graph.scorer)
     onnx.helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
+
+
+class Graph(torch.nn.Module):
+    """What is exported: the logits (the wrapper's forward returns a ModelOutput; ONNX wants tensors),
+    and with a scorer the OOD score of the same features, from one pass through the backbone."""
+
+    def __init__(self, inner: torch.nn.Module, scorer: OodScorer | None) -> None:
+        super().__init__()
+        self.inner, self.scorer = inner, scorer
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.scorer is None:
+            return self.inner(pixel_values=pixel_values).logits
+        features, logits = features_and_logits(self.inner.timm_model, pixel_values)
+        return logits, self.scorer(features)
+
+
+def half_bank(proto: Any, scorer: OodScorer) -> None:
+    """Store the OOD bank as float16 in the graph, half the bytes: the exporter folds the float16 -> float32
+    cast into a float32 constant, which becomes a float16 initializer and a Cast again. Exact, since every
+    value came from float16."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, d = scorer.bank.shape
+    graph = proto.graph
+    for i, init in enumerate(graph.initializer):
+        if (
+            init.data_type == TensorProto.FLOAT
+            and sorted(init.dims) == sorted([n, d])
+            and len(init.dims) == 2
+        ):
+            values = numpy_helper.to_array(init)
+            half = values.astype(np.float16)
+            if not np.array_equal(half.astype(np.float32), values):
+                continue
+            name = init.name
+            del graph.initializer[i]
+            graph.initializer.append(numpy_helper.from_array(half, f"{name}_float16"))
+            graph.node.insert(0, helper.make_node("Cast", [f"{name}_float16"], [name], to=TensorProto.FLOAT))
+            return
 
 
 def onnx_logits(session: Any, pixel_values: np.ndarray) -> np.ndarray:
@@ -182,25 +228,49 @@ def onnx_logits(session: Any, pixel_values: np.ndarray) -> np.ndarray:
     return session.run([ONNX_OUTPUT], {ONNX_INPUT: pixel_values})[0]
 
 
+def onnx_outputs(session: Any, pixel_values: np.ndarray, ood: bool) -> list[np.ndarray]:
+    """onnxruntime's logits (``onnx_logits``) and, with ``ood``, its OOD scores of a float32 batch."""
+    outputs = [onnx_logits(session, pixel_values)]
+    if ood:
+        outputs.append(session.run([ONNX_OOD_OUTPUT], {ONNX_INPUT: pixel_values})[0])
+    return outputs
+
+
+@torch.inference_mode()
+def torch_outputs(model: torch.nn.Module, x: np.ndarray) -> list[np.ndarray]:
+    """PyTorch's answers to compare with the graph's: the model's own logits, and its OOD scores."""
+    pixels = torch.from_numpy(x)
+    outputs = [model(pixel_values=pixels).logits.numpy()]
+    if (scorer := scorer_of(model)) is not None:
+        outputs.append(scorer(features_and_logits(model.timm_model, pixels)[0]).numpy())
+    return outputs
+
+
 def check_parity(model: torch.nn.Module, path: Path, inputs: Sequence[np.ndarray], tolerance: float) -> float:
-    """The largest |onnxruntime - PyTorch| logit difference over ``inputs``; ExportError above
-    ``tolerance``."""
+    """The largest |onnxruntime - PyTorch| difference of the logits and OOD scores over ``inputs``;
+    ExportError above ``tolerance``, or when the two disagree on any photo's OOD flag."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    with torch.inference_mode():
-        for x in inputs:
-            theirs = onnx_logits(session, x)
-            ours = model(pixel_values=torch.from_numpy(x)).logits.numpy()
-            if theirs.shape != ours.shape:
+    scorer, worst = scorer_of(model), 0.0
+    for x in inputs:
+        theirs, ours = onnx_outputs(session, x, scorer is not None), torch_outputs(model, x)
+        shapes = ([t.shape for t in theirs], [o.shape for o in ours])
+        if shapes[0] != shapes[1]:
+            raise ExportError(
+                f"{path}: onnxruntime gives outputs of shapes {shapes[0]}, PyTorch {shapes[1]}."
+            )
+        worst = max(worst, *(float(np.abs(t - o).max()) for t, o in zip(theirs, ours, strict=True)))
+        if scorer is not None and scorer.threshold is not None:
+            flips = int(((theirs[1] > scorer.threshold) != (ours[1] > scorer.threshold)).sum())
+            if flips:
                 raise ExportError(
-                    f"{path}: onnxruntime gives logits of shape {theirs.shape}, PyTorch {ours.shape}."
+                    f"{path}: onnxruntime and PyTorch disagree on the OOD flag of {flips} photos; the export "
+                    "is wrong, nothing was written."
                 )
-            worst = max(worst, float(np.abs(theirs - ours).max()))
     if worst > tolerance:
         raise ExportError(
-            f"{path}: onnxruntime logits differ from PyTorch's by up to {worst:.2e} (over --tolerance "
+            f"{path}: onnxruntime outputs differ from PyTorch's by up to {worst:.2e} (over --tolerance "
             f"{tolerance:g}); the export is wrong, nothing was written."
         )
     return worst
@@ -234,6 +304,9 @@ def run(args: ExportArgs) -> int:
     if classifier.low_confidence_rule is not None:  # the model's own "not sure" threshold travels with it
         metadata[ONNX_THRESHOLD_KEY] = json.dumps(classifier.low_confidence)
         metadata[ONNX_RULE_KEY] = classifier.low_confidence_rule
+    if classifier.ood_threshold is not None:  # and the OOD threshold of its ood_score output
+        metadata[ONNX_OOD_THRESHOLD_KEY] = json.dumps(classifier.ood_threshold)
+        metadata[ONNX_OOD_RULE_KEY] = classifier.ood_rule or "rule not recorded"
     out = Path(args.output)
     partial = out.with_suffix(".partial.onnx")  # renamed into place only once the parity check passes
     try:
@@ -244,7 +317,8 @@ def run(args: ExportArgs) -> int:
         raise
     partial.replace(out)
     logger.info(
-        "Wrote %s: onnxruntime logits within %.1e of PyTorch (max |diff|; --tolerance %g) on %d photos (%s)",
+        "Wrote %s: onnxruntime within %.1e of PyTorch (max |diff| of logits and OOD scores; --tolerance %g) "
+        "on %d photos (%s)",
         out, worst, args.tolerance, len(photos.paths), photos.source,
     )  # fmt: skip
     return 0

@@ -56,8 +56,10 @@ class PredictArgs:
     batch_size: int = cli.help_field("Images per forward pass.", default=32)
     top_k: int | None = cli.help_field("Classes per image, best first; default: all of them.", default=None)
     format: Literal["csv", "json"] = cli.help_field(
-        "csv: one row per image (path, error, label_1, score_1, ...); json: a list of "
-        '{"path", "error", "predictions": [{"label", "score"}, ...]}.',
+        "csv: one row per image (path, error, label_1, score_1, ..., ood_score, not_waste); json: a list of "
+        '{"path", "error", "predictions": [{"label", "score"}, ...], "ood_score", "not_waste"}. ood_score: '
+        "how foreign the photo looks to the model (empty/null for a model without OOD data); not_waste: "
+        "true when it is above the model's OOD threshold.",
         default="csv",
     )
     output: str | None = cli.help_field(
@@ -135,6 +137,8 @@ class Row:
     path: str
     predictions: list[dict[str, Any]]
     error: str | None = None
+    ood_score: float | None = None  # None: unreadable, or a model without OOD data
+    not_waste: bool | None = None  # None: unreadable
 
 
 def _load(classifier: Classifier, path: Path) -> np.ndarray | str:
@@ -165,25 +169,34 @@ def predict_files(
             fill()  # the next batches decode while this one runs
             loaded = [(path, future.result()) for path, future in batch]
             arrays = [x for _, x in loaded if isinstance(x, np.ndarray)]
-            ranked = iter(
-                classifier.ranked(classifier.probabilities(np.stack(arrays)), top_k) if arrays else []
-            )
+            answers = iter(classifier.assess_batch(np.stack(arrays), top_k) if arrays else [])
             for path, x in loaded:
-                yield Row(str(path), next(ranked)) if isinstance(x, np.ndarray) else Row(str(path), [], x)
+                if isinstance(x, np.ndarray):
+                    a = next(answers)
+                    yield Row(str(path), a.ranked, None, a.ood_score, a.foreign)
+                else:
+                    yield Row(str(path), [], x)
 
 
 def write_rows(rows: Iterable[Row], fmt: str, k: int, stream: IO[str]) -> None:
     """Stream ``rows`` as CSV (``k`` label/score column pairs) or as one JSON list."""
     if fmt == "csv":
         writer = csv.writer(stream)
-        writer.writerow(["path", "error", *(f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "score"))])
+        pairs = (f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "score"))
+        writer.writerow(["path", "error", *pairs, "ood_score", "not_waste"])
         for row in rows:
             cells = [cell for p in row.predictions for cell in (p["label"], f"{p['score']:.6f}")]
-            writer.writerow([row.path, row.error or "", *cells])
+            cells += [""] * (2 * k - len(cells))  # an unreadable file: the OOD columns stay in place
+            ood = "" if row.ood_score is None else f"{row.ood_score:.6f}"
+            flag = "" if row.not_waste is None else str(row.not_waste).lower()
+            writer.writerow([row.path, row.error or "", *cells, ood, flag])
         return
     stream.write("[")
     for i, row in enumerate(rows):
-        item = {"path": row.path, "error": row.error, "predictions": row.predictions}
+        item = {
+            "path": row.path, "error": row.error, "predictions": row.predictions,
+            "ood_score": row.ood_score, "not_waste": row.not_waste,
+        }  # fmt: skip
         stream.write(("," if i else "") + "\n  " + json.dumps(item))
     stream.write("\n]\n")
 

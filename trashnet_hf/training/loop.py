@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
+from trashnet_hf.core import ood
 from trashnet_hf.core.config import TrainConfig
 from trashnet_hf.core.embedder import grouping_embedder
 from trashnet_hf.core.model import backbone_preprocessing, build_model, load_model, save_model
@@ -39,6 +40,7 @@ from trashnet_hf.data.loader import decode_pixels, make_loader
 from trashnet_hf.data.transforms import EvalTransform, TrainTransform
 from trashnet_hf.hub import card
 from trashnet_hf.training import calibration, checkpointing, plots, recipe, tracking
+from trashnet_hf.training import ood as ood_step
 from trashnet_hf.training.evaluation import Predictions, predict
 
 logger = get_logger(__name__)  # logs from the main process only
@@ -147,9 +149,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         status = fit(cfg, parts, state, out)  # 5. the epoch loop: train, validate, checkpoint
         if status != "interrupted":
             calibrated = calibrate_best_model(cfg, parts, state, out)  # 6. temperature scaling on val
+            ood_block = fit_ood(cfg, parts, out)  # 6b. the OOD score's train features and val threshold
             metrics = evaluate_best_model(parts, out)  # 7. the (calibrated) best model on every split
             wall_time = time.perf_counter() - started
-            results = report(cfg, parts, state, metrics, calibrated, status, wall_time)  # 8.
+            results = report(cfg, parts, state, metrics, calibrated, status, wall_time, ood_block)  # 8.
     finally:
         # Also on an error: the W&B run is closed and its folder settings do not outlive this run.
         sync_command = tracking.finish(accelerator)
@@ -616,6 +619,34 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
     return summary
 
 
+def fit_ood(cfg: TrainConfig, p: Parts, out: Path) -> dict[str, Any] | None:
+    """Store the OOD score's data with the saved model: the train split's features (the bank) and the
+    threshold that flags --ood-flag-rate of the validation photos; returns results.json's "ood" block,
+    or None with --ood-flag-rate 0 (the model then stores no OOD data)."""
+    if cfg.ood_flag_rate == 0:
+        logger.info("OOD: skipped (--ood-flag-rate 0); the saved model stores no OOD data")
+        return None
+    acc = p.accelerator
+    best = load_model(out / "model")  # the calibrated best weights, as saved
+    acc.unwrap_model(p.model).load_state_dict(best.state_dict())
+    splits = {s: ood_step.split_features(acc, p.model, p.eval_loaders[s], p.eval_tf) for s in p.eval_loaders}
+    fitted = ood_step.fit(cfg.ood_k, cfg.ood_flag_rate, cfg.seed, splits)
+    if fitted is None:
+        return None
+    scorer, block = fitted
+    if acc.is_main_process:
+        ood.attach(best, scorer)
+        save_model(best, out / "model")  # the same weights, now with ood.safetensors and the ood_* keys
+    acc.wait_for_everyone()
+    logger.info(
+        "OOD (%s, k=%d): threshold %.4f flags %.1f%% of val, %.1f%% of test; bank %s (%.2f MB float16)%s",
+        block["method"], block["k"], block["threshold"], 100 * block["val_flagged_share"],
+        100 * block["test_flagged_share"], "x".join(map(str, block["bank_size"])), block["bank_bytes"] / 1e6,
+        f"; {block['bank_note']}" if block["bank_note"] else "",
+    )  # fmt: skip
+    return block
+
+
 # --- 7. Test ------------------------------------------------------------------------------------------
 
 
@@ -640,6 +671,7 @@ def report(
     calibrated: dict[str, Any] | None,
     status: str,
     wall_time_s: float,
+    ood_block: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write results.json and the plots; log the final numbers, the images and the model artifact."""
     acc, out = p.accelerator, Path(cfg.output_dir)
@@ -665,6 +697,8 @@ def report(
     }
     if calibrated is not None:  # absent with --calibrate false: the scores are the raw softmax
         results["calibration"] = calibrated
+    if ood_block is not None:  # absent with --ood-flag-rate 0: the model stores no OOD data
+        results["ood"] = ood_block
     # The best model's numbers on every split: their own names, apart from the per-step train/* curves.
     final = {f"best_model/{s}/{k}": v for s in metrics for k, v in overfitting[s].items()}
     tracking.log_metrics(acc, final, step=state.global_step)
