@@ -4,7 +4,9 @@ Scores equal ``pipeline("image-classification")``'s: the input goes through the 
 ``TimmWrapperImageProcessor``'s (timm's ``create_transform`` from the model's own ``pretrained_cfg``),
 computed bit for bit in NumPy and PIL by ``Preprocessing.to_array``, and the scores are the softmax of the
 logits, sorted like the pipeline sorts them. The batch CLI (``trashnet_hf.serving.predict``), the app and
-the benchmarks all go through this class.
+the benchmarks all go through this class. ``assess`` gives the same ranked labels with the model's OOD
+("not waste") score from the same forward pass (``trashnet_hf.core.ood``; an ONNX file's ``ood_score``
+output) and whether it is above the model's ``ood_threshold``.
 
 An ONNX model needs onnxruntime, NumPy and PIL only: torch (and transformers, timm) load only for a
 PyTorch model, so the Space that serves ``USER/NAME/model.onnx`` installs none of them.

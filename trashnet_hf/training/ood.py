@@ -57,9 +57,10 @@ def make_bank(features: np.ndarray, labels: np.ndarray, seed: int) -> tuple[torc
 
 
 def threshold_for(scores: np.ndarray, flag_rate: float) -> float:
-    """The validation score above which ``flag_rate`` of the photos lie (numpy's "higher" quantile: no
-    more than that share is above it, short of it by under one photo)."""
-    return float(np.quantile(scores, 1.0 - flag_rate, method="higher"))
+    """The validation score that the ``round(flag_rate * N)`` highest of the N ``scores`` lie above (ties
+    aside), so that ``flag_rate`` of the validation photos are flagged, to the nearest photo."""
+    flagged = round(flag_rate * len(scores))
+    return float(np.sort(scores)[len(scores) - 1 - flagged])
 
 
 def fit(
