@@ -132,6 +132,40 @@ def test_card_states_the_not_sure_threshold_and_its_rule_when_the_run_has_one(ru
     assert '"Not sure" threshold' not in card.render_card(run_dir).text
 
 
+OOD_BLOCK = {
+    "method": "mahalanobis", "layer": "blocks.4", "stride": 16, "width": 112, "threshold": 31.4159,
+    "rule": "the rule under test, 95th percentile of 400 validation photos", "flag_rate": 0.05,
+    "fitted_on": 1769, "bytes": 51_008, "val_flagged_share": 0.048, "test_flagged_share": 0.0472,
+}  # fmt: skip
+
+
+def test_card_explains_the_not_waste_score_or_says_the_model_has_none(run_dir: Path) -> None:
+    results = _results(run_dir)
+    results["ood"] = dict(OOD_BLOCK)
+    _write_results(run_dir, results)
+    text = " ".join(card.render_card(run_dir).text.split())
+    assert "## Not waste: the out-of-distribution score" in text
+    assert "Mahalanobis distance" in text and "Lee et al. 2018" in text
+    assert "`blocks.4` stage (stride 16, 112 channels) to the nearest class mean" in text
+    assert "fitted on the 1769 training photos" in text
+    assert 'A photo is "not waste" when its score is over 31.416** (the rule under test, 95th' in text
+    assert "set to flag 5.0% of the validation photos" in text and "--ood-flag-rate 0.05" in text
+    assert "| val (sets the threshold) | 4.8% |" in text and "| test (held out) | 4.7% |" in text
+    assert "single object on a white background" in text and "bins" in text and "intended caution" in text
+    assert "`pipeline()` and timm give the plain class logits only" in text
+    assert "`ood_score`" in text and "`Classifier`" in text and "`ood.safetensors` (51 kB)" in text
+    assert "#not-waste-the-out-of-distribution-score" in text
+    assert "carries no out-of-distribution score" not in text and "{{" not in text and "{%" not in text
+
+    del results["ood"]  # --ood-flag-rate 0, or a run from before the score
+    _write_results(run_dir, results)
+    text = " ".join(card.render_card(run_dir).text.split())
+    assert "## Not waste: the out-of-distribution score" in text
+    assert "This model carries no out-of-distribution score" in text
+    for absent in ("Mahalanobis", "intended caution", "ood.safetensors", "#not-waste-the"):
+        assert absent not in text
+
+
 def test_card_names_the_real_base_model_and_copes_with_older_reports(run_dir: Path, tmp_path: Path) -> None:
     results = _results(run_dir)
     results["config"] |= {"pretrained": True, "model_name": "timm/resnet18.a1_in1k"}

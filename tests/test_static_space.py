@@ -16,15 +16,18 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 from huggingface_hub import SpaceCard
+from PIL import Image
 
 from tests.test_app_server import CHROMIUM, screenshot_on_failure
 from trashnet_hf import SAMPLE_DIR
+from trashnet_hf.core.manifest import read_manifest
 from trashnet_hf.hub import publish, static
 from trashnet_hf.hub.publish import PublishArgs
 from trashnet_hf.serving.classifier import Classifier, open_image
-from trashnet_hf.serving.hints import BIN_HINTS
+from trashnet_hf.serving.hints import BIN_HINTS, FOREIGN_MESSAGE
 
 needs_ort_web = pytest.mark.skipif(
     static.cached_tarball() is None,
@@ -257,4 +260,67 @@ def test_the_page_agrees_with_the_python_classifier_on_the_sample_photos(
             assert read_top3(page)[0][0] == expected[0][0]["label"]
             assert page.locator("#error").inner_text().strip() == ""
             assert "MB" in page.locator("#weight").inner_text()
+        browser.close()
+
+
+def checkerboard() -> Image.Image:
+    """A black-and-white checkerboard: nothing like a photo of one object on a white board."""
+    board = np.indices((64, 64)).sum(0) // 8 % 2 * 255
+    return Image.fromarray(np.stack([board] * 3, -1).astype(np.uint8))
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no {CHROMIUM}: apt-get install -y chromium")
+def test_the_page_says_not_waste_for_a_foreign_image_and_not_for_a_photo(
+    static_build: publish.Built, page_url: str, trained_run: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    foreign = tmp_path / "checkerboard.png"
+    checkerboard().save(foreign)
+    # The precondition, so that this checks the page and not luck: the model the page runs (the tiny
+    # training run's, fitted with its OOD data by default) flags the checkerboard and not the test photo
+    # that lies nearest its training photos.
+    classifier = Classifier.load(static_build.static / "model.onnx")
+    info = json.loads((static_build.static / "model.json").read_text())
+    assert classifier.ood_threshold is not None and info["ood"] is not None
+    assert info["ood"]["threshold"] == pytest.approx(classifier.ood_threshold, rel=1e-6)
+    rows = read_manifest(trained_run / "split_manifest.csv")
+    tests = [Path(r["path"]) for r in rows if r["split"] == "test"]
+    assessed = classifier.assess([open_image(path) for path in tests])
+    normal = min(zip(assessed, tests, strict=True), key=lambda pair: pair[0].ood_score)[1]
+    theirs, ours = classifier.assess([open_image(foreign), open_image(normal)], top_k=3)
+    assert theirs.foreign and not ours.foreign, (theirs.ood_score, ours.ood_score, classifier.ood_threshold)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        body = page.locator("body")
+        with screenshot_on_failure(page, "test_the_page_says_not_waste_for_a_foreign_image"):
+            page.goto(page_url)
+            expect(body).to_have_attribute("data-state", "ready", timeout=60_000)
+
+            page.locator("#file").set_input_files(str(foreign))
+            expect(body).to_have_attribute("data-state", "done", timeout=30_000)
+            expect(body).to_have_attribute("data-foreign", "true")
+            expect(page.locator("#foreign")).to_be_visible()
+            assert FOREIGN_MESSAGE in page.locator("#foreign").inner_text()
+            expect(page.locator("#closest")).to_be_visible()  # the scores, muted, as "if it were waste"
+            expect(page.locator("#results")).to_have_class("results muted")
+            assert page.locator("#hint").inner_text().strip() == ""  # no bin named for a checkerboard
+
+            # A photo like the training photos, after the foreign one: a plain top 3, no message left over.
+            page.locator("#file").set_input_files(str(normal))
+            expect(body).to_have_attribute("data-state", "done", timeout=30_000)
+            expect(body).to_have_attribute("data-foreign", "false")
+            expect(page.locator("#foreign")).to_be_hidden()
+            expect(page.locator("#closest")).to_be_hidden()
+            expect(page.locator("#results")).not_to_have_class("results muted")
+            shown = read_top3(page)
+            assert [label for label, _ in shown] == [r["label"] for r in ours.ranked]
+            for (_, score), r in zip(shown, ours.ranked, strict=True):
+                assert abs(score - r["score"]) <= 0.01
+            assert page.locator("#hint").inner_text().strip() != ""
+            assert FOREIGN_MESSAGE not in page.locator("body").inner_text()
         browser.close()

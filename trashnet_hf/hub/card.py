@@ -196,6 +196,38 @@ def _hyperparameters(results: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+OOD_METHODS = {
+    "mahalanobis": (
+        "the Mahalanobis distance, under one covariance shared by the classes (Lee et al. 2018), of the "
+        "photo's globally average-pooled activations{at} to the nearest class mean"
+    ),
+}
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e6 else f"{max(1, round(n_bytes / 1e3))} kB"
+
+
+def _ood_context(block: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The "Not waste" section's facts from results.json's "ood" block; None when the run has none (the
+    model then carries no OOD score)."""
+    if not block:
+        return None
+    layer, stride, width = block.get("layer"), block.get("stride"), block.get("width")
+    where = [f"stride {stride}" if stride else None, f"{width} channels" if width else None]
+    details = ", ".join(w for w in where if w)
+    at = f" at the backbone's `{layer}` stage" + (f" ({details})" if details else "") if layer else ""
+    method = block.get("method", "unknown")
+    fitted_on = block.get("fitted_on")
+    size = block.get("bytes")
+    return {
+        **block,
+        "score": OOD_METHODS[method].format(at=at) if method in OOD_METHODS else f"the `{method}` score{at}",
+        "fitted": f"the {fitted_on} training photos" if fitted_on else "the training photos",
+        "size": _size(size) if isinstance(size, int) else None,
+    }
+
+
 def card_context(
     results: dict[str, Any], model_config: dict[str, Any], plots: list[str], model_id: str | None
 ) -> dict[str, Any]:
@@ -217,6 +249,7 @@ def card_context(
         "test_images": count_test_images(results),
         "overfitting": results["overfitting"],
         "calibration": results.get("calibration"),
+        "ood": _ood_context(results.get("ood")),
         "smoke_notice": smoke_run_notice(results),
         "plots": plots,
         "splits": SPLITS,
