@@ -36,6 +36,7 @@ float16 bank, a class-balanced subsample of it, or a PCA keeps the figures.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -76,36 +77,67 @@ def foreign_files() -> tuple[list[Path], list[str]]:
     return keep, skipped
 
 
-def extract(model_dir: Path, paths: list[Path], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate features (N, D) and logits (N, classes), float32, of image files."""
+# A second foreign set, never used to choose anything: sample photos that other installed packages ship.
+OTHER_FOREIGN = {
+    "matplotlib": ["mpl-data/sample_data/grace_hopper.jpg", "mpl-data/sample_data/logo2.png"],
+    "sklearn": ["datasets/images/flower.jpg", "datasets/images/china.jpg"],
+    "gradio": [f"media_assets/images/{n}" for n in ("cheetah1.jpg", "groot.jpeg", "hf-logo_transpng.png",
+                                                     "tower.jpg")],
+}  # fmt: skip
+
+
+def other_files() -> list[Path]:
+    """OTHER_FOREIGN's files that this environment has."""
+    import importlib
+
+    found = []
+    for package, names in OTHER_FOREIGN.items():
+        try:
+            root = Path(importlib.import_module(package).__file__).parent
+        except ImportError:
+            continue
+        found += [root / n for n in names if (root / n).is_file()]
+    return found
+
+
+def extract(model_dir: Path, paths: list[Path], batch_size: int) -> dict[str, np.ndarray]:
+    """Of image files, float32: the penultimate features ``feats`` (N, D), the logits (N, classes), every
+    timm feature stage averaged over the image (``stage<i>``, N x its channels), and, when the model
+    carries a saved OOD scorer, its scores ``saved`` (N,) as the product computes them."""
     import torch
 
+    from trashnet_hf.core import ood
     from trashnet_hf.core.model import load_model
     from trashnet_hf.serving.classifier import Classifier, open_image
 
     model = load_model(model_dir).eval()
-    classifier = Classifier.from_model(model, "cpu")
+    classifier, scorer = Classifier.from_model(model, "cpu"), ood.scorer_of(model)
     timm_model = model.timm_model
-    head = timm_model.get_classifier()
-    feats, logits = [], []
+    stages = list(range(len(timm_model.feature_info)))
+    out: dict[str, list] = {"feats": [], "logits": [], **{f"stage{i}": [] for i in stages}, "saved": []}
     start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(paths), batch_size):
             x = torch.from_numpy(
                 np.stack([classifier.preprocess(open_image(p)) for p in paths[i : i + batch_size]])
             )
-            f = timm_model.forward_head(timm_model.forward_features(x), pre_logits=True)
-            z = head(f)
+            final, inter = timm_model.forward_intermediates(x, indices=stages, norm=False)
+            f = timm_model.forward_head(final, pre_logits=True)
+            z = timm_model.get_classifier()(f)
             if i == 0:  # the features are the ones the logits come from
                 gap = (z - model(pixel_values=x).logits).abs().max().item()
                 print(f"  head(features) vs model logits: max |diff| {gap:.2e}")
                 assert gap < 1e-4, gap
-            feats.append(f.float().numpy())
-            logits.append(z.float().numpy())
+            out["feats"].append(f.float().numpy())
+            out["logits"].append(z.float().numpy())
+            for j, t in zip(stages, inter, strict=True):
+                out[f"stage{j}"].append(t.float().mean(dim=(2, 3)).numpy())
+            if scorer is not None:
+                out["saved"].append(scorer(inter[ood.ood_stage(timm_model)].mean(dim=(2, 3))).numpy())
             done = min(i + batch_size, len(paths))
             print(f"  {done}/{len(paths)} images, {time.perf_counter() - start:.0f} s", end="\r", flush=True)
     print()
-    return np.concatenate(feats), np.concatenate(logits)
+    return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
 def load_features(run: Path, cache: Path, batch_size: int) -> dict[str, np.ndarray]:
@@ -117,12 +149,14 @@ def load_features(run: Path, cache: Path, batch_size: int) -> dict[str, np.ndarr
     foreign, skipped = foreign_files()
     for line in skipped:
         print(f"foreign set leaves out {line}")
-    paths = [Path(r["path"]) for r in rows] + foreign
-    splits = np.array([r["split"] for r in rows] + ["foreign"] * len(foreign))
-    labels = np.array([r["label"] for r in rows] + [""] * len(foreign))
+    other = other_files()
+    paths = [Path(r["path"]) for r in rows] + foreign + other
+    splits = np.array([r["split"] for r in rows] + ["foreign"] * len(foreign) + ["other"] * len(other))
+    labels = np.array([r["label"] for r in rows] + [""] * (len(foreign) + len(other)))
     names = np.array([str(p) for p in paths])
-    weights = run / "model" / "model.safetensors"
-    stamp = f"{run.resolve()} {weights.stat().st_mtime_ns if weights.exists() else 0}"
+    weights, saved = run / "model" / "model.safetensors", run / "model" / "ood.safetensors"
+    times = (str(f.stat().st_mtime_ns if f.exists() else 0) for f in (weights, saved))
+    stamp = " ".join([str(run.resolve()), *times])
     cache.mkdir(parents=True, exist_ok=True)
     file = cache / f"ood_{run.resolve().as_posix().strip('/').replace('/', '_')}.npz"
     if file.exists():
@@ -131,8 +165,7 @@ def load_features(run: Path, cache: Path, batch_size: int) -> dict[str, np.ndarr
             print(f"features from {file}")
             return dict(data)
     print(f"extracting features of {len(paths)} images with {run / 'model'} (cached in {file})")
-    feats, logits = extract(run / "model", paths, batch_size)
-    data = {"feats": feats, "logits": logits, "splits": splits, "labels": labels, "names": names}
+    data = {**extract(run / "model", paths, batch_size), "splits": splits, "labels": labels, "names": names}
     np.savez(file, stamp=np.array(stamp), **data)
     return data
 
@@ -181,12 +214,14 @@ def msp(logits: np.ndarray) -> np.ndarray:
     return 1 - (z / z.sum(axis=1, keepdims=True)).max(axis=1)
 
 
-def evaluate(scores: dict[str, np.ndarray], flag_rate: float) -> dict:
-    """Threshold at the validation quantile; flagged fractions and the test-vs-foreign AUROC."""
+def evaluate(scores: dict[str, np.ndarray], flag_rate: float, threshold: float | None = None) -> dict:
+    """Threshold at the validation quantile (or ``threshold``); flagged fractions and the test-vs-foreign
+    AUROC."""
     from sklearn.metrics import roc_auc_score
 
-    threshold = float(np.quantile(scores["val"], 1 - flag_rate))
-    flagged = {s: scores[s] > threshold for s in ("val", "test", "foreign")}
+    if threshold is None:
+        threshold = float(np.quantile(scores["val"], 1 - flag_rate))
+    flagged = {s: scores[s] > threshold for s in ("val", "test", "foreign", "other") if s in scores}
     y = np.r_[np.zeros(len(scores["test"])), np.ones(len(scores["foreign"]))]
     auroc = roc_auc_score(y, np.r_[scores["test"], scores["foreign"]])
     rates = {s: float(f.mean()) for s, f in flagged.items()}
@@ -204,19 +239,43 @@ def evaluate(scores: dict[str, np.ndarray], flag_rate: float) -> dict:
 
 
 def row(name: str, r: dict) -> str:
-    f = r["flagged"]["foreign"]
+    f, o = r["flagged"]["foreign"], r["flagged"].get("other", np.zeros(0, bool))
     foreign = f"{100 * r['rates']['foreign']:.1f} ({f.sum()}/{len(f)})"
     return (
-        f"| {name:<22} | {100 * r['rates']['val']:5.1f} | {100 * r['rates']['test']:6.1f} "
-        f"| {foreign:>15} | {r['auroc']:.3f} "
+        f"| {name:<30} | {100 * r['rates']['val']:5.1f} | {100 * r['rates']['test']:6.1f} "
+        f"| {foreign:>15} | {f'{o.sum()}/{len(o)}':>7} | {r['auroc']:.3f} "
         f"| {100 * r['test_at_bar']:13.1f} | {'yes' if r['meets'] else 'no':<5} |"
     )
 
 
 HEADER = (
-    "| candidate              | val % | test % | foreign % (n/N) | AUROC | test % at 90% | meets |\n"
-    "|------------------------|------:|-------:|----------------:|------:|--------------:|-------|"
+    "| candidate                      | val % | test % | foreign % (n/N) |   other | AUROC "
+    "| test % at 90% | meets |\n"
+    "|--------------------------------|------:|-------:|----------------:|--------:|------:|--------------:|-------|"
 )
+
+
+SAVED = "the model's own (saved)"
+
+
+def stage_candidates(data: dict, part: dict, run: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Mahalanobis to the nearest class mean (shared covariance, ``core.ood.fit_scorer``: the product's
+    own fit) on every timm feature stage averaged over the image, fitted on train."""
+    import timm
+    import torch
+
+    from trashnet_hf.core import ood
+
+    config = json.loads((run / "model" / "config.json").read_text())
+    info = timm.create_model(config["architecture"], pretrained=False).feature_info
+    out = {}
+    for i, stage in enumerate(info):
+        x = data[f"stage{i}"]
+        scorer = ood.fit_scorer(x[part["train"]], data["labels"][part["train"]], stage["module"])
+        with torch.inference_mode():
+            scores = {s: scorer(torch.from_numpy(x[m])).numpy() for s, m in part.items() if s != "train"}
+        out[f"Mahal stage {stage['module']} /{stage['reduction']}"] = scores
+    return out
 
 
 def balanced_subsample(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -284,13 +343,14 @@ def main() -> int:
 
     data = load_features(args.run, args.cache, args.batch_size)
     feats, logits, splits = data["feats"], data["logits"], data["splits"]
-    part = {s: splits == s for s in ("train", "val", "test", "foreign")}
+    part = {s: splits == s for s in ("train", "val", "test", "foreign", "other")}
     train, train_labels = feats[part["train"]], data["labels"][part["train"]]
     bank = normalise(train).astype(np.float16)
     n, d = feats.shape[0], feats.shape[1]
     print(
         f"{part['train'].sum()} train, {part['val'].sum()} val, {part['test'].sum()} test photos, "
-        f"{part['foreign'].sum()} foreign images; features {d}-d ({n} in all)"
+        f"{part['foreign'].sum()} foreign images (+ {part['other'].sum()} from other packages); "
+        f"features {d}-d ({n} in all)"
     )
 
     def on_splits(fn) -> dict[str, np.ndarray]:
@@ -308,10 +368,16 @@ def main() -> int:
             scorer = mahalanobis_scorer(prep(train), train_labels, dims)
             name = f"Mahal{'-norm' if norm else ''} {f'PCA {dims}' if dims else f'all {d}'}"
             candidates[name] = on_splits(lambda f, z, s=scorer, p=prep: s(p(f)))
+    candidates.update(stage_candidates(data, part, args.run))
     candidates["energy"] = on_splits(lambda f, z: energy(z))
     candidates["MSP"] = on_splits(lambda f, z: msp(z))
 
     results = {name: evaluate(s, args.flag_rate) for name, s in candidates.items()}
+    if "saved" in data:  # what the product serves: the model's own scorer and threshold, nothing refitted
+        saved = {s: data["saved"][m] for s, m in part.items() if s != "train"}
+        threshold = json.loads((args.run / "model" / "config.json").read_text())["ood_threshold"]
+        candidates[SAVED] = saved
+        results[SAVED] = evaluate(saved, args.flag_rate, threshold)
     print(
         f"\nThreshold: each score's {100 * (1 - args.flag_rate):g}th percentile on val; bar: test <= "
         f"{100 * TEST_BAR:g}%, foreign >= {100 * FOREIGN_BAR:g}%. AUROC: test (negative) vs foreign.\n"
@@ -363,6 +429,13 @@ def main() -> int:
             f"(sizes, float16: subsample of m photos = m x {d} x 2 bytes; PCA q = {len(bank)} x q x 2 "
             f"bytes + the {d} x q projection)"
         )
+    elif show.startswith("Mahal stage") or show == SAVED:
+        k = len(set(data["labels"][part["train"]]))
+        widths = [data[key].shape[1] for key in sorted(key for key in data if key.startswith("stage"))]
+        sizes = "; ".join(f"{c} channels: {4 * (k * c + c * c) / 1e3:.0f} KB" for c in widths)
+        print(f"\nStorage: {k} class means and a C x C whitening matrix, float32; by stage: {sizes}.")
+        if (saved := args.run / "model" / "ood.safetensors").is_file():
+            print(f"The model's own {saved.name}: {saved.stat().st_size / 1e3:.0f} KB.")
     elif show.startswith("Mahal"):
         dims = d if "all" in show else int(show.split()[-1])
         print(

@@ -39,7 +39,7 @@ def noise() -> Image.Image:
 
 
 def real_photos(run: Path, n: int = 4) -> list[Image.Image]:
-    """The first ``n`` test photos of a training run (learnable colours, never in the bank)."""
+    """The first ``n`` test photos of a training run (learnable colours, not fitted on)."""
     rows = [r for r in read_manifest(run / "split_manifest.csv") if r["split"] == "test"]
     return [open_image(r["path"]) for r in rows[:n]]
 
@@ -65,25 +65,47 @@ def test_features_then_head_equal_the_models_forward() -> None:
     assert features.shape == (3, ood.feature_dim(model.timm_model))
 
 
-def test_scorer_is_one_minus_kth_cosine_similarity() -> None:
-    bank = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
-    scorer = ood.OodScorer(bank, k=2)
-    scores = scorer(torch.tensor([[5.0, 0.0], [1.0, 1.0]]))
-    # [5, 0]: similarities 1, 0, -1, the 2nd largest 0; [1, 1]: 0.707, 0.707, -0.707.
-    torch.testing.assert_close(scores, torch.tensor([1.0, 1 - 2**-0.5]), atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match="N >= k"):
-        ood.OodScorer(bank, k=4)
+def test_scorer_is_the_mahalanobis_distance_to_the_nearest_class_mean() -> None:
+    rng = np.random.default_rng(0)
+    scale = np.array([1.0, 10.0, 0.1])  # the distance must undo each channel's spread, unlike a plain one
+    features = np.concatenate([rng.standard_normal((200, 3)) * scale + c for c in (0.0, 5.0)])
+    labels = np.repeat([0, 1], 200)
+    scorer = ood.fit_scorer(features, labels, "layer3")
+    assert scorer.means_.shape == (2, 3) and scorer.whiten.shape == (3, 3) and scorer.layer == "layer3"
+    x = np.array([[0.0, 0.0, 0.0], [0.0, 20.0, 0.0], [0.0, 0.0, 2.0], [5.0, 5.0, 5.0]])
+    scores = scorer(torch.from_numpy(x).float()).numpy()
+    # numpy's own Mahalanobis: pooled within-class covariance, shrunk as SHRINKAGE says on standardised data
+    sd = features.std(0) + 1e-6
+    z = features / sd
+    means = np.stack([z[labels == c].mean(0) for c in (0, 1)])
+    cov = np.cov((z - means[labels]).T, bias=True)
+    cov = (1 - ood.SHRINKAGE) * cov + ood.SHRINKAGE * np.trace(cov) / 3 * np.eye(3)
+    d = x[:, None, :] / sd - means[None]
+    expected = np.sqrt(np.einsum("nkc,cd,nkd->nk", d, np.linalg.inv(cov), d).min(1))
+    np.testing.assert_allclose(scores, expected, rtol=1e-4)
+    assert scores[1] < scores[2]  # 20 along the wide channel is nearer than 2 along the narrow one
+    with pytest.raises(ValueError, match="means \\(K, C\\) and whiten \\(C, C\\)"):
+        ood.OodScorer(torch.zeros(2, 3), torch.zeros(4, 4), "layer3")
+
+
+def test_scored_stage_is_the_stride_16_one() -> None:
+    import timm
+
+    for name, layer in (("tf_efficientnet_lite0", "blocks.4"), ("resnet18", "layer3")):
+        assert ood.ood_layer(timm.create_model(name, pretrained=False)) == layer
 
 
 def test_training_saved_the_ood_data_and_flags_the_rate_of_val(trained_run: Path, model_dir: Path) -> None:
     block = json.loads((trained_run / "results.json").read_text())["ood"]
     config = json.loads((model_dir / "config.json").read_text())
     assert (model_dir / OOD_FILE).is_file() and all(key in config for key in OOD_KEYS)
-    assert config[OOD_THRESHOLD_KEY] == block["threshold"] and config["ood_method"] == "knn-cosine"
-    assert block["k"] == 10 and "95th percentile" in block["rule"] and block["bank_note"] is None
+    assert config[OOD_THRESHOLD_KEY] == block["threshold"] and config["ood_method"] == "mahalanobis"
+    assert block["layer"] == config["ood_layer"] == "layer3" and "95th percentile" in block["rule"]
     n_train, n_val = (sum(r["split"] == s for r in read_manifest(trained_run / "split_manifest.csv"))
                       for s in ("train", "val"))  # fmt: skip
-    assert block["bank_size"][0] == n_train and block["bank_bytes"] == n_train * block["bank_size"][1] * 2
+    width = block["width"]
+    assert block["fitted_on"] == n_train and block["bytes"] == 4 * (width * width + 3 * width)  # 3 classes
+    assert (model_dir / OOD_FILE).stat().st_size < block["bytes"] + 1000
     assert block["val_flagged_share"] == round(block["flag_rate"] * n_val) / n_val
     # Served, the validation photos are flagged as training counted them (within one photo).
     rows = [r for r in read_manifest(trained_run / "split_manifest.csv") if r["split"] == "val"]
@@ -98,18 +120,6 @@ def test_threshold_flags_the_chosen_share() -> None:
         assert share == round(rate * len(scores)) / len(scores)
 
 
-def test_big_train_split_is_subsampled_class_balanced() -> None:
-    labels = np.repeat([0, 1, 2], [5000, 300, 2000])
-    features = np.random.default_rng(0).standard_normal((len(labels), 1280)).astype(np.float32)
-    bank, note = ood_step.make_bank(features, labels, seed=0)
-    rows = ood.max_bank_rows(1280)
-    assert bank.shape == (rows, 1280) and rows * 1280 * 2 <= ood.MAX_BANK_BYTES and "subsample" in note
-    picked = ood.balanced_subsample(labels, rows)
-    counts = np.bincount(labels[picked])
-    assert counts[1] == 300 and abs(int(counts[0]) - int(counts[2])) <= 1  # the small class whole
-    assert ood_step.make_bank(features[:100], labels[:100], seed=0)[1] is None
-
-
 def test_torch_and_onnx_agree_and_foreign_photos_are_flagged(
     trained_run: Path, model_dir: Path, onnx_file: Path
 ) -> None:
@@ -118,24 +128,16 @@ def test_torch_and_onnx_agree_and_foreign_photos_are_flagged(
     onnx_side = Classifier.load(onnx_file)
     assert ONNX_OOD_OUTPUT in {o.name for o in onnx.load(str(onnx_file)).graph.output}
     assert onnx_side.ood_threshold == pytest.approx(torch_side.ood_threshold, abs=0)
-    assert onnx_side.ood_rule == torch_side.ood_rule and "k=10" in torch_side.ood_rule
+    assert onnx_side.ood_rule == torch_side.ood_rule and "layer3" in torch_side.ood_rule
     ours, theirs = torch_side.assess(images), onnx_side.assess(images)
     assert [a.foreign for a in ours] == [a.foreign for a in theirs]
-    np.testing.assert_allclose([a.ood_score for a in ours], [a.ood_score for a in theirs], atol=1e-4)
+    np.testing.assert_allclose([a.ood_score for a in ours], [a.ood_score for a in theirs], rtol=1e-4)
     # The tiny model's features do separate them: the checkerboard lies far from every real photo.
     real = max(a.ood_score for a in ours[:-2])
     assert ours[-2].foreign and ours[-2].ood_score > 10 * real
     assert [a.ranked for a in ours] == torch_side.predict(images)  # the score never changes the answer
     for a, b in zip(theirs, onnx_side.predict(images), strict=True):
         assert a.ranked == b
-
-
-def test_bank_is_float16_in_the_onnx_graph(onnx_file: Path, model_dir: Path) -> None:
-    bank = ood.scorer_of(load_model(model_dir)).bank
-    sizes = {tuple(i.dims): i.data_type for i in onnx.load(str(onnx_file)).graph.initializer}
-    assert sizes.get(tuple(reversed(bank.shape))) == onnx.TensorProto.FLOAT16 or (
-        sizes.get(tuple(bank.shape)) == onnx.TensorProto.FLOAT16
-    )
 
 
 def test_without_ood_data_top1_and_pipeline_are_unchanged(
@@ -170,8 +172,8 @@ def test_damaged_ood_file_is_one_line_naming_it(model_dir: Path, tmp_path: Path)
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
     path = folder / OOD_FILE
-    save_file({"bank": torch.zeros(20, 7, dtype=torch.float16)}, str(path))  # another model's width
-    with pytest.raises(ModelLoadError, match=r"ood\.safetensors holds a bank of shape \(20, 7\)") as err:
+    save_file({"means": torch.zeros(3, 7), "whiten": torch.zeros(7, 7)}, str(path))  # another model's width
+    with pytest.raises(ModelLoadError, match=r"ood\.safetensors holds \{'means': \(3, 7\)") as err:
         load_model(folder)
     assert "\n" not in str(err.value) and "delete it" in str(err.value)
     path.write_bytes(b"\x00" * 10)  # truncated
@@ -181,11 +183,15 @@ def test_damaged_ood_file_is_one_line_naming_it(model_dir: Path, tmp_path: Path)
     config = json.loads((folder / "config.json").read_text())
     del config[OOD_THRESHOLD_KEY]
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="needs ood_threshold"):
+    with pytest.raises(ModelLoadError, match="a number ood_threshold"):
+        load_model(folder)
+    config[OOD_THRESHOLD_KEY], config["ood_method"] = 1.0, "knn-cosine"  # saved by an older version
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"needs ood_method='mahalanobis'.*got 'knn-cosine'"):
         load_model(folder)
 
 
-def test_save_model_drops_a_stale_bank(model_dir: Path, tmp_path: Path) -> None:
+def test_save_model_drops_stale_ood_data(model_dir: Path, tmp_path: Path) -> None:
     model = load_model(model_dir)
     assert ood.scorer_of(model) is not None
     assert not any(k.startswith("_trashnet") for k in model.state_dict())  # model.safetensors stays plain
@@ -222,6 +228,6 @@ def test_predict_cli_writes_ood_columns(trained_run: Path, onnx_file: Path, tmp_
 
 
 def test_config_checks_the_ood_flags() -> None:
-    for flags, match in (({"ood_k": 0}, "--ood-k must be"), ({"ood_flag_rate": 0.5}, "--ood-flag-rate must")):
-        with pytest.raises(ConfigError, match=match):
-            TrainConfig(data_dir=".", report_to="none", **flags)
+    for rate in (0.5, -0.1):
+        with pytest.raises(ConfigError, match="--ood-flag-rate must"):
+            TrainConfig(data_dir=".", report_to="none", ood_flag_rate=rate)

@@ -82,7 +82,6 @@ TRAIN_RANGES = {
     "crop_scale_min": Range(0, 1, low_open=True),
     **dict.fromkeys(("patience", "checkpoint_every_steps"), Range(0, hint="0 disables it")),
     **dict.fromkeys(("prediction_table_size", "ema_warmup_steps", "num_workers"), NOT_NEGATIVE),
-    "ood_k": Range(1, 1000, hint="the k-th nearest training photo; 10 is the default"),
     "ood_flag_rate": Range(0, 0.5, high_open=True, hint="0 switches the OOD score off"),
 }
 
@@ -370,15 +369,11 @@ class TrainConfig(DataConfig):
         "do not change. 'false' keeps the raw softmax scores.",
         default=True,
     )
-    ood_k: int = help_field(
-        "The out-of-distribution ('not waste') score of a photo is 1 minus the cosine similarity of its "
-        "penultimate features to its k-th nearest training photo's (Sun et al. 2022); this is that k.",
-        default=10,
-    )
     ood_flag_rate: float = help_field(
-        "After calibration, store the training photos' features with the model and set the OOD threshold "
-        "so that this share of the validation photos (real waste) is flagged as foreign; 0 stores no OOD "
-        "data (serving then never flags a photo as foreign).",
+        "After calibration, fit the out-of-distribution ('not waste') score on the train split (Mahalanobis "
+        "distance of the stride-16 stage's pooled features to the nearest class mean, shared covariance), "
+        "store it with the model and set its threshold so that this share of the validation photos (real "
+        "waste) is flagged as foreign; 0 stores no OOD data (serving then never flags a photo as foreign).",
         default=0.05,
     )
     overwrite_output_dir: bool = help_field(

@@ -249,7 +249,7 @@ def _sync_timm_cfg(model: TimmWrapperForImageClassification) -> None:
 def save_model(model: TimmWrapperForImageClassification, out_dir: str | Path) -> Path:
     """Save safetensors weights and a config.json read by pipeline() and by timm's "local-dir:" loader;
     the OOD scorer the model carries (``core.ood.attach``) as ood.safetensors and config.json's ood_* keys
-    (a model without one: neither, so a stale bank never outlives its model)."""
+    (a model without one: neither, so stale OOD data never outlive their model)."""
     out = Path(out_dir)
     scorer = ood.scorer_of(model)
     for key, value in (scorer.config_entries() if scorer is not None else dict.fromkeys(OOD_KEYS)).items():
@@ -370,7 +370,7 @@ def load_model(path: str | Path) -> TimmWrapperForImageClassification:
             f"unexpected; {_RESAVE_HINT}"
         )
     _sync_timm_cfg(model)
-    ood.attach(model, ood.load_ood(folder, config, ood.feature_dim(model.timm_model)))
+    ood.attach(model, ood.load_ood(folder, config, model.timm_model))
     return model
 
 

@@ -16,15 +16,15 @@ THRESHOLD_KEY = "low_confidence_threshold"
 THRESHOLD_RULE_KEY = "low_confidence_rule"  # one line: the rule and its parameters, or why the default
 DEFAULT_LOW_CONFIDENCE = 0.6
 
-# The out-of-distribution ("not waste") score, kNN on the penultimate features (trashnet_hf.core.ood): the
-# training photos' features live in OOD_FILE beside config.json, and config.json holds these keys.
+# The out-of-distribution ("not waste") score, Mahalanobis on the stride-16 stage (trashnet_hf.core.ood):
+# its class means and whitening matrix live in OOD_FILE beside config.json, and config.json holds these keys.
 OOD_FILE = "ood.safetensors"
 OOD_THRESHOLD_KEY = "ood_threshold"  # a score above it is foreign
-OOD_K_KEY = "ood_k"
+OOD_LAYER_KEY = "ood_layer"  # the timm module whose pooled output is scored
 OOD_RULE_KEY = "ood_rule"  # one line: how the threshold was set
 OOD_METHOD_KEY = "ood_method"
-OOD_METHOD = "knn-cosine"
-OOD_KEYS = (OOD_THRESHOLD_KEY, OOD_K_KEY, OOD_RULE_KEY, OOD_METHOD_KEY)
+OOD_METHOD = "mahalanobis"
+OOD_KEYS = (OOD_THRESHOLD_KEY, OOD_LAYER_KEY, OOD_RULE_KEY, OOD_METHOD_KEY)
 
 
 class ModelLoadError(UserError):

@@ -1,15 +1,19 @@
-"""The out-of-distribution ("not waste") score: kNN distance of a photo's features to the training set's.
+"""The out-of-distribution ("not waste") score: how far a photo's mid-level features lie from the training
+photos' classes.
 
-Sun et al. 2022 ("Out-of-Distribution Detection with Deep Nearest Neighbors"): L2-normalise the
-penultimate features (what the classifier head reads) and score a photo by 1 - its cosine similarity to
-its k-th nearest training photo; higher is more foreign. Nothing is learnt, so the classifier's logits,
-its top-1 and its calibration stay exactly as they were; the score rides beside them.
+The score (Lee et al. 2018, "A Simple Unified Framework for Detecting Out-of-Distribution Samples"): take
+the backbone's stride-16 feature stage (timm's ``feature_info``: ``blocks.4`` for EfficientNet-Lite,
+``layer3`` for a ResNet), average it over the image, and measure the Mahalanobis distance to the nearest
+class mean under one covariance shared by the classes, all fitted on the train split. Higher is more
+foreign. The stride-16 stage still sees textures and backgrounds (grass, gravel, text, a face) that the
+pooled penultimate features fold into a material; ``bench/ood.py`` measures both, and this one flags every
+foreign image of its set where the penultimate kNN (Sun et al. 2022) flags 17 of 26.
 
-The training photos' normalised features (the "bank") are saved as float16 in ``ood.safetensors`` beside
-config.json, whose ``ood_*`` keys (``core.model_meta``) hold k, the threshold and how it was set. The bank
-stays float16 in memory as well, so PyTorch and the exported ONNX graph compare against the very same
-numbers. This module imports torch: the torch backend, training and the ONNX export use it; serving an
-ONNX file does not.
+Nothing is learnt and the logits come out of the same forward pass untouched, so the top-1 and the
+calibration stay exactly as they were. The class means and the whitening matrix (about 50 KB) are saved as
+float32 in ``ood.safetensors`` beside config.json, whose ``ood_*`` keys (``core.model_meta``) name the
+stage, the threshold and how it was set. This module imports torch: the torch backend, training and the
+ONNX export use it; serving an ONNX file does not.
 """
 
 from __future__ import annotations
@@ -21,14 +25,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from trashnet_hf.core.model_meta import (
     OOD_FILE,
-    OOD_K_KEY,
+    OOD_LAYER_KEY,
     OOD_METHOD,
     OOD_METHOD_KEY,
     OOD_RULE_KEY,
@@ -38,8 +41,11 @@ from trashnet_hf.core.model_meta import (
 
 logger = logging.getLogger(__name__)
 
-BANK_KEY = "bank"  # the tensor's name in ood.safetensors
-MAX_BANK_BYTES = 6_000_000  # float16 bytes; a larger train split is subsampled, class-balanced
+OOD_STRIDE = 16  # the deepest feature stage at this stride or finer is the one scored
+# Covariance shrinkage towards its mean variance (on standardised features), so a stage wider than the train
+# split is tall still inverts. bench/ood.py: 0, 0.01 and 0.1 agree within two test photos on five models.
+SHRINKAGE = 0.01
+MEANS_KEY, WHITEN_KEY = "means", "whiten"  # the tensors' names in ood.safetensors
 _ATTR = "_trashnet_ood"  # where a loaded model carries its scorer (not a submodule: see attach)
 _FIX = (
     "copy it again from the training output that wrote this model, or delete it to serve without the OOD "
@@ -48,62 +54,94 @@ _FIX = (
 
 
 class OodScorer(nn.Module):
-    """kNN OOD score: forward(features (B, D)) -> 1 - k-th largest cosine similarity to ``bank`` (B,)."""
+    """Mahalanobis OOD score: forward(features (B, C)) -> min over classes of |(f - mean_c) @ whiten| (B,).
 
-    def __init__(self, bank: torch.Tensor, k: int, threshold: float | None = None, rule: str | None = None):
+    ``whiten`` (C, C) is the inverse square root of the shared covariance, so the distance is a plain
+    Euclidean one after it; ``layer`` names the timm module whose pooled output ``features`` are."""
+
+    def __init__(
+        self,
+        means: torch.Tensor,
+        whiten: torch.Tensor,
+        layer: str,
+        threshold: float | None = None,
+        rule: str | None = None,
+    ):
         super().__init__()
-        if bank.ndim != 2 or not 1 <= k <= bank.shape[0]:
-            raise ValueError(f"the OOD bank must be (N, D) with N >= k={k}, got {tuple(bank.shape)}")
-        self.register_buffer(BANK_KEY, F.normalize(bank.float(), dim=-1).half())
-        self.k, self.threshold, self.rule = int(k), threshold, rule
+        if means.ndim != 2 or whiten.shape != (means.shape[1], means.shape[1]):
+            raise ValueError(
+                f"the OOD data must be means (K, C) and whiten (C, C), got {tuple(means.shape)} and "
+                f"{tuple(whiten.shape)}"
+            )
+        self.register_buffer(WHITEN_KEY, whiten.float())
+        self.register_buffer("centres", means.float() @ whiten.float())  # the means, whitened once
+        self.means_ = means.float()  # kept as saved (recomputing them from centres would round)
+        self.layer, self.threshold, self.rule = layer, threshold, rule
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(features.float(), dim=-1)
-        similarity = f @ self.bank.float().T  # (B, N); float32 maths on the stored float16 bank
-        return 1.0 - similarity.topk(self.k, dim=-1).values[:, -1]
+        z = features.float() @ self.whiten  # (B, C)
+        d2 = (z[:, None, :] - self.centres[None]).square().sum(-1)  # (B, K)
+        return d2.min(dim=-1).values.sqrt()
 
     def config_entries(self) -> dict[str, Any]:
         """The config.json keys that describe this scorer."""
         return {
             OOD_METHOD_KEY: OOD_METHOD,
-            OOD_K_KEY: self.k,
+            OOD_LAYER_KEY: self.layer,
             OOD_THRESHOLD_KEY: self.threshold,
             OOD_RULE_KEY: self.rule,
         }
 
 
+def fit_scorer(features: np.ndarray, labels: np.ndarray, layer: str) -> OodScorer:
+    """Class means and the shared within-class covariance of ``features`` (N, C) float, shrunk by
+    SHRINKAGE on standardised features and inverted by its eigen-decomposition (no threshold yet)."""
+    x = features.astype(np.float64)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    z = (x - mu) / sd  # the shrinkage target is the mean variance, so put every channel on one scale
+    classes = np.unique(labels)
+    means_z = np.stack([z[labels == c].mean(0) for c in classes])
+    centred = z - means_z[np.searchsorted(classes, labels)]
+    cov = centred.T @ centred / len(z)
+    cov = (1 - SHRINKAGE) * cov + SHRINKAGE * np.trace(cov) / len(cov) * np.eye(len(cov))
+    eigenvalues, vectors = np.linalg.eigh(cov)
+    whiten_z = vectors / np.sqrt(np.maximum(eigenvalues, 1e-12))
+    # Back to raw features: ((x - mu) / sd) @ W_z == x @ (W_z / sd) - const, and means_x = mu + means_z * sd.
+    whiten = torch.from_numpy(whiten_z / sd[:, None]).float()
+    return OodScorer(torch.from_numpy(mu + means_z * sd).float(), whiten, layer)
+
+
+def ood_stage(timm_model: nn.Module) -> int:
+    """Index in timm's ``feature_info`` of the deepest stage at stride OOD_STRIDE or finer; ValueError for a
+    model timm gives no feature stages or ``forward_intermediates`` for."""
+    info = getattr(timm_model, "feature_info", None)
+    if not info or not hasattr(timm_model, "forward_intermediates"):
+        raise ValueError(
+            f"{type(timm_model).__name__} exposes no timm feature stages (feature_info and "
+            "forward_intermediates), which the OOD score reads; train with --ood-flag-rate 0"
+        )
+    return max(i for i, stage in enumerate(info) if stage["reduction"] <= OOD_STRIDE)
+
+
+def ood_layer(timm_model: nn.Module) -> str:
+    """The name of the module whose output the OOD score pools (e.g. ``blocks.4``)."""
+    return timm_model.feature_info[ood_stage(timm_model)]["module"]
+
+
 def feature_dim(timm_model: nn.Module) -> int:
-    """The width of the features the classifier head reads (timm's ``head_hidden_size`` where it differs
-    from ``num_features``)."""
-    return int(getattr(timm_model, "head_hidden_size", None) or timm_model.num_features)
+    """The width of the pooled features the OOD score reads."""
+    return int(timm_model.feature_info[ood_stage(timm_model)]["num_chs"])
 
 
 def features_and_logits(
     timm_model: nn.Module, pixel_values: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward: the pooled penultimate features and the logits computed from them, exactly what
-    ``timm_model(pixel_values)`` (and so the wrapper's forward) gives."""
-    features = timm_model.forward_head(timm_model.forward_features(pixel_values), pre_logits=True)
-    return features, timm_model.get_classifier()(features)
-
-
-def balanced_subsample(labels: np.ndarray, max_rows: int, seed: int = 0) -> np.ndarray:
-    """Indices of at most ``max_rows`` rows, drawn round-robin over the classes (each class shuffled with
-    ``seed``), so every class keeps the same count until the smaller ones run out; sorted."""
-    if len(labels) <= max_rows:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    # Rank r of every class before rank r + 1 of any: a stable sort on the rank within its class.
-    order = np.concatenate(per_class)
-    ranks = np.concatenate([np.arange(len(rows)) for rows in per_class])
-    picked = order[np.argsort(ranks, kind="stable")][:max_rows]
-    return np.sort(picked)
-
-
-def max_bank_rows(dim: int) -> int:
-    """The most float16 rows of width ``dim`` that fit in MAX_BANK_BYTES."""
-    return max(1, MAX_BANK_BYTES // (2 * dim))
+    """One forward: the stride-16 stage's features averaged over the image (B, C), and the logits,
+    exactly what ``timm_model(pixel_values)`` (and so the wrapper's forward) gives."""
+    final, (stage,) = timm_model.forward_intermediates(
+        pixel_values, indices=[ood_stage(timm_model)], norm=False
+    )
+    return stage.mean(dim=(2, 3)), timm_model.forward_head(final)
 
 
 def attach(model: nn.Module, scorer: OodScorer | None) -> None:
@@ -118,42 +156,50 @@ def scorer_of(model: nn.Module) -> OodScorer | None:
 
 
 def save_ood(scorer: OodScorer, folder: Path) -> Path:
-    """Write the bank as float16 safetensors (``ood.safetensors``); the keys go into config.json."""
+    """Write the means and the whitening matrix as float32 safetensors (``ood.safetensors``); the keys go
+    into config.json."""
     path = folder / OOD_FILE
-    save_file({BANK_KEY: scorer.bank.detach().cpu().contiguous()}, str(path), metadata={"method": OOD_METHOD})
+    tensors = {MEANS_KEY: scorer.means_.contiguous(), WHITEN_KEY: scorer.whiten.detach().cpu().contiguous()}
+    save_file(tensors, str(path), metadata={"method": OOD_METHOD, "layer": scorer.layer})
     return path
 
 
-def _threshold(config: dict[str, Any], path: Path) -> tuple[float, int]:
-    value, k = config.get(OOD_THRESHOLD_KEY), config.get(OOD_K_KEY)
+def _entries(config: dict[str, Any], path: Path, layer: str) -> float:
+    """The threshold from config.json, after checking the method and stage match this code and model."""
+    method, value, saved_layer = (config.get(k) for k in (OOD_METHOD_KEY, OOD_THRESHOLD_KEY, OOD_LAYER_KEY))
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    if method != OOD_METHOD or saved_layer != layer or not ok:
         raise ModelLoadError(
-            f"{path} needs {OOD_THRESHOLD_KEY} (a number) and {OOD_K_KEY} (at least 1) in the config.json "
-            f"beside it, got {value!r} and {k!r}; restore config.json as training wrote it, or delete "
-            f"{OOD_FILE} to serve without the OOD score."
+            f"{path} needs {OOD_METHOD_KEY}={OOD_METHOD!r}, {OOD_LAYER_KEY}={layer!r} (this model's "
+            f"stride-{OOD_STRIDE} stage) and a number {OOD_THRESHOLD_KEY} in the config.json beside it, got "
+            f"{method!r}, {saved_layer!r} and {value!r}; restore config.json as training wrote it, retrain "
+            f"a model saved by another version, or delete {OOD_FILE} to serve without the OOD score."
         )
-    return float(value), k
+    return float(value)
 
 
-def load_ood(folder: Path, config: dict[str, Any], dim: int) -> OodScorer | None:
+def load_ood(folder: Path, config: dict[str, Any], timm_model: nn.Module) -> OodScorer | None:
     """The scorer saved in ``folder`` (None when it has no ood.safetensors); ModelLoadError, one line
-    naming the file, for a damaged file, a bank of another width than the model's ``dim`` features, or
-    config.json keys that do not go with it."""
+    naming the file, for a damaged file, data of another width than the model's stage, or config.json keys
+    that do not go with it."""
     path = folder / OOD_FILE
     if not path.is_file():
         if config.get(OOD_THRESHOLD_KEY) is not None:
             logger.warning("%s names an OOD threshold but %s is missing: no OOD score", folder, OOD_FILE)
         return None
-    threshold, k = _threshold(config, path)
+    layer, dim = ood_layer(timm_model), feature_dim(timm_model)
+    threshold = _entries(config, path, layer)
     try:
         with safe_open(str(path), framework="pt") as f:
-            bank = f.get_tensor(BANK_KEY) if BANK_KEY in f.keys() else None  # noqa: SIM118
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as err:
         raise ModelLoadError(f"{path} is truncated or not a safetensors file ({err}); {_FIX}.") from err
-    if bank is None or bank.ndim != 2 or bank.shape[1] != dim or not k <= bank.shape[0]:
-        shape = "no bank" if bank is None else f"a bank of shape {tuple(bank.shape)}"
+    means, whiten = tensors.get(MEANS_KEY), tensors.get(WHITEN_KEY)
+    fits = means is not None and whiten is not None and means.ndim == 2 and means.shape[1] == dim
+    if not fits or whiten.shape != (dim, dim):
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
         raise ModelLoadError(
-            f"{path} holds {shape}, but this model needs (N >= {OOD_K_KEY}={k}, {dim}) features; {_FIX}."
+            f"{path} holds {shapes or 'nothing'}, but this model's {layer} needs {MEANS_KEY} "
+            f"(classes, {dim}) and {WHITEN_KEY} ({dim}, {dim}); {_FIX}."
         )
-    return OodScorer(bank, k, threshold, config.get(OOD_RULE_KEY) or "rule not recorded")
+    return OodScorer(means, whiten, layer, threshold, config.get(OOD_RULE_KEY) or "rule not recorded")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,13 +120,12 @@ def low_confidence_of(value: Any, rule: Any, name: str) -> tuple[float, str | No
 def ood_threshold_of(value: Any, rule: Any, name: str) -> tuple[float | None, str | None]:
     """The OOD threshold a model stores (``name``: where) and its rule; (None, None) for a model without
     OOD data, which then never calls a photo foreign. ModelLoadError for a value that is not a finite
-    cosine distance (0 to 2)."""
+    distance (a number, 0 or more)."""
     if value is None:
         return None, None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
-        raise ModelLoadError(
-            f"{name}: {OOD_THRESHOLD_KEY} must be a cosine distance in [0, 2], got {value!r}"
-        )
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:
+        raise ModelLoadError(f"{name}: {OOD_THRESHOLD_KEY} must be a distance (a number >= 0), got {value!r}")
     return float(value), str(rule or "rule not recorded")
 
 

@@ -32,6 +32,7 @@ from transformers import get_cosine_schedule_with_warmup
 from trashnet_hf.core import ood
 from trashnet_hf.core.config import TrainConfig
 from trashnet_hf.core.embedder import grouping_embedder
+from trashnet_hf.core.errors import ConfigError
 from trashnet_hf.core.model import backbone_preprocessing, build_model, load_model, save_model
 from trashnet_hf.core.preprocessing import Preprocessing
 from trashnet_hf.core.progress import Progress
@@ -282,6 +283,11 @@ def build_parts(cfg: TrainConfig, accelerator: Accelerator, data: PreparedData) 
     model = build_model(
         cfg.model_name, data.class_names, data.preprocessing, cfg.pretrained, cfg.cache_dir, cfg.seed
     )
+    if cfg.ood_flag_rate > 0:
+        try:  # before training, not after: the OOD fit reads timm's feature stages
+            ood.ood_stage(model.timm_model)
+        except ValueError as err:
+            raise ConfigError(f"--model-name {cfg.model_name}: {err}") from None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     groups = recipe.param_groups(model.timm_model, cfg.learning_rate, cfg.weight_decay, cfg.layer_decay)
@@ -620,9 +626,9 @@ def calibrate_best_model(cfg: TrainConfig, p: Parts, state: TrainerState, out: P
 
 
 def fit_ood(cfg: TrainConfig, p: Parts, out: Path) -> dict[str, Any] | None:
-    """Store the OOD score's data with the saved model: the train split's features (the bank) and the
-    threshold that flags --ood-flag-rate of the validation photos; returns results.json's "ood" block,
-    or None with --ood-flag-rate 0 (the model then stores no OOD data)."""
+    """Store the OOD score's data with the saved model: the train split's class means and covariance at
+    the stride-16 stage, and the threshold that flags --ood-flag-rate of the validation photos; returns
+    results.json's "ood" block, or None with --ood-flag-rate 0 (the model then stores no OOD data)."""
     if cfg.ood_flag_rate == 0:
         logger.info("OOD: skipped (--ood-flag-rate 0); the saved model stores no OOD data")
         return None
@@ -630,19 +636,15 @@ def fit_ood(cfg: TrainConfig, p: Parts, out: Path) -> dict[str, Any] | None:
     best = load_model(out / "model")  # the calibrated best weights, as saved
     acc.unwrap_model(p.model).load_state_dict(best.state_dict())
     splits = {s: ood_step.split_features(acc, p.model, p.eval_loaders[s], p.eval_tf) for s in p.eval_loaders}
-    fitted = ood_step.fit(cfg.ood_k, cfg.ood_flag_rate, cfg.seed, splits)
-    if fitted is None:
-        return None
-    scorer, block = fitted
+    scorer, block = ood_step.fit(ood.ood_layer(best.timm_model), cfg.ood_flag_rate, splits)
     if acc.is_main_process:
         ood.attach(best, scorer)
         save_model(best, out / "model")  # the same weights, now with ood.safetensors and the ood_* keys
     acc.wait_for_everyone()
     logger.info(
-        "OOD (%s, k=%d): threshold %.4f flags %.1f%% of val, %.1f%% of test; bank %s (%.2f MB float16)%s",
-        block["method"], block["k"], block["threshold"], 100 * block["val_flagged_share"],
-        100 * block["test_flagged_share"], "x".join(map(str, block["bank_size"])), block["bank_bytes"] / 1e6,
-        f"; {block['bank_note']}" if block["bank_note"] else "",
+        "OOD (%s on %s, %d-d): threshold %.3f flags %.1f%% of val, %.1f%% of test; %.0f KB stored",
+        block["method"], block["layer"], block["width"], block["threshold"], 100 * block["val_flagged_share"],
+        100 * block["test_flagged_share"], block["bytes"] / 1e3,
     )  # fmt: skip
     return block
 
