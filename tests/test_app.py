@@ -1,7 +1,10 @@
-"""The demo's functions (serving.app) on real and bad images, the model lookup and the feedback store.
+"""The demo's functions (serving.app) on real and bad images, the model lookup and the feedback store, and
+the "not waste" verdict through the served app.
 
-The served model is the session's tiny ``trained_run`` (classes alpha, beta, gamma); every expected score
-comes from ``Classifier.predict`` on the same file, never from a hard-coded number.
+The served model is the session's tiny ``trained_run`` (classes alpha, beta, gamma, learnable colours):
+every expected score and OOD verdict comes from ``Classifier.predict``/``assess`` on the same file, never
+from a hard-coded number. Its OOD data marks photos unlike its colour photos (random textures, real
+TrashNet photos, a checkerboard) as foreign, so tests that need a label shown use its own kind of photo.
 """
 
 from __future__ import annotations
@@ -11,21 +14,30 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
+from gradio_client import Client, handle_file
 from PIL import Image
 
-from tests.conftest import jpeg_bytes, photo
+from tests import test_app_security as raw
+from tests.conftest import jpeg_bytes, make_learnable_folder, photo
+from tests.test_app_server import serve
 from trashnet_hf.core.errors import UserError
+from trashnet_hf.core.manifest import read_manifest
 from trashnet_hf.core.model import ModelLoadError
+from trashnet_hf.core.model_meta import OOD_FILE, OOD_KEYS
 from trashnet_hf.serving import app
 from trashnet_hf.serving.app import (
     BIN_HINTS,
+    CSV_COLUMNS,
     EMPTY_VERDICT,
     MAX_BATCH_FILES,
     NOT_UPLOADED,
@@ -33,13 +45,16 @@ from trashnet_hf.serving.app import (
     Demo,
     build,
     example_files,
+    ood_note,
+    plain_text,
     public_model_name,
     resolve_model,
     threshold_note,
     verdict,
 )
-from trashnet_hf.serving.classifier import Classifier, open_image
+from trashnet_hf.serving.classifier import Assessment, Classifier, open_image
 from trashnet_hf.serving.feedback import METADATA_FILE, FeedbackStore
+from trashnet_hf.serving.hints import FOREIGN_ADVICE, FOREIGN_MESSAGE
 
 TRASHNET = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
@@ -76,17 +91,38 @@ def expected_top(classifier: Classifier, path: Path) -> list[dict]:
     return classifier.predict([open_image(path)])[0]
 
 
+def known_photos(folder: Path, size: tuple[int, int] = (96, 72)) -> list[Path]:
+    """One photo per class of the kind the test model trained on (learnable colours): photos its OOD score
+    does not flag, for the tests that need a label shown (those that rely on it check it)."""
+    return sorted(make_learnable_folder(folder, per_class=1, size=size).glob("*/*.jpg"))
+
+
+def closest_kinds(assessment: Assessment) -> str:
+    """How the "not waste" verdict lists the top 3 (serving.app.foreign_verdict)."""
+    return ", ".join(f"{r['label']} {r['score']:.1%}" for r in assessment.ranked[:TOP_K])
+
+
+def assert_shows(classifier: Classifier, image: Image.Image, shown: tuple) -> None:
+    """The demo's answer ``shown`` (Label value, verdict) is what ``Classifier.assess`` says of ``image``:
+    its top 3 in the Label, or for a foreign photo no label and the "not waste" verdict with its top 3."""
+    (expected,) = classifier.assess([image])
+    scores, text = shown
+    assert "Model time:" in text and " ms on CPU" in text
+    if expected.foreign:
+        assert scores is None and FOREIGN_MESSAGE in text and closest_kinds(expected) in text
+        return
+    assert FOREIGN_MESSAGE not in text
+    assert list(scores) == [r["label"] for r in expected.ranked[:TOP_K]]  # best first, top 3 only
+    assert list(scores.values()) == pytest.approx([r["score"] for r in expected.ranked[:TOP_K]], abs=1e-4)
+
+
 @pytest.mark.real_data
 def test_classify_real_photos_gives_the_classifiers_top_scores(
     real_data: Path, demo: Demo, classifier: Classifier
 ) -> None:
     for folder in sorted(p for p in real_data.iterdir() if p.is_dir()):
         path = sorted(folder.glob("*.jpg"))[0]
-        scores, text = demo.classify(upload(path))
-        ranked = expected_top(classifier, path)
-        assert list(scores) == [r["label"] for r in ranked[:TOP_K]]  # best first, top 3 only
-        assert list(scores.values()) == pytest.approx([r["score"] for r in ranked[:TOP_K]], abs=1e-4)
-        assert "Model time:" in text and " ms on CPU" in text
+        assert_shows(classifier, open_image(path), demo.classify(upload(path)))
 
 
 def test_verdict_gives_the_bin_and_flags_low_confidence() -> None:
@@ -98,6 +134,15 @@ def test_verdict_gives_the_bin_and_flags_low_confidence() -> None:
     assert BIN_HINTS["plastic"] in text and "Not sure" in text and "one of the 6 kinds" in text
     assert "under 73.0%" in text
     assert "Not sure" not in verdict([{"label": "metal", "score": 0.73}], TRASHNET, 0.0, "cpu", 0.73)
+
+
+def test_not_waste_verdict_shows_no_label_and_no_bin() -> None:
+    ranked = [{"label": "glass", "score": 0.93}, {"label": "plastic", "score": 0.05}]
+    text = app.foreign_verdict(Assessment(ranked, 812.5, True), 400.0, 0.012, "cpu")
+    assert text.startswith(f"🚫 **{FOREIGN_MESSAGE}** {FOREIGN_ADVICE}")
+    assert BIN_HINTS["glass"] not in text and "**Glass**" not in text and "Not sure" not in text
+    assert "<small>Not-waste score 812.5, over this model's threshold 400." in text
+    assert "the closest kinds would be: glass 93.0%, plastic 5.0%." in text and "12 ms on CPU" in text
 
 
 def _write(folder: Path, name: str, make) -> Path:
@@ -139,36 +184,37 @@ def test_other_colour_modes_are_classified(
     mode: str, demo: Demo, classifier: Classifier, tmp_path: Path
 ) -> None:
     path = tmp_path / f"img.{'jpg' if mode == 'CMYK' else 'png'}"
-    photo(7).convert(mode).save(path)
-    scores, _ = demo.classify(upload(path))
-    ranked = expected_top(classifier, path)
-    assert list(scores) == [r["label"] for r in ranked[:TOP_K]]
-    assert list(scores.values()) == pytest.approx([r["score"] for r in ranked[:TOP_K]], abs=1e-4)
+    open_image(known_photos(tmp_path / "data")[0]).convert(mode).save(path)
+    assert_shows(classifier, open_image(path), demo.classify(upload(path)))
 
 
 def test_data_url_upload_is_classified(demo: Demo, classifier: Classifier, tmp_path: Path) -> None:
-    data = jpeg_bytes(photo(3))
+    data = known_photos(tmp_path / "data")[0].read_bytes()
     url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
-    scores, _ = demo.classify({"path": None, "url": url})
-    assert list(scores) == [r["label"] for r in classifier.predict([open_image(data)])[0][:TOP_K]]
+    assert_shows(classifier, open_image(data), demo.classify({"path": None, "url": url}))
 
 
 def test_batch_gives_one_row_per_file_and_the_same_csv(
     demo: Demo, classifier: Classifier, image_folder: Path, tmp_path: Path
 ) -> None:
-    good = sorted(image_folder.glob("*/*.jpg"))[:3]
+    # Two of the model's own kind of photo and a random texture, which its OOD score flags.
+    good = [*known_photos(tmp_path / "data")[:2], sorted(image_folder.glob("*/*.jpg"))[0]]
     bad = _write(tmp_path, "bad.jpg", lambda p: p.write_text("nope"))
     rows, csv_path = demo.classify_batch([upload(p) for p in [good[0], bad, *good[1:]]])
     assert [r[0] for r in rows] == [good[0].name, "bad.jpg", good[1].name, good[2].name]
-    assert rows[1][1:3] == ["", None] and "not an image" in rows[1][3]
-    for row, path in zip([rows[0], *rows[2:]], good, strict=True):
-        top = expected_top(classifier, path)[0]
+    assert rows[1][1:3] == ["", None] and "not an image" in rows[1][3] and rows[1][4:] == [None, ""]
+    assessed = classifier.assess([open_image(p) for p in good])
+    assert [a.foreign for a in assessed] == [False, False, True]  # both kinds of row are checked
+    for row, a in zip([rows[0], *rows[2:]], assessed, strict=True):
+        top = a.ranked[0]
         assert row[1] == top["label"] and row[2] == pytest.approx(top["score"], abs=1e-4)
-        assert row[3] == ("not sure" if top["score"] < classifier.low_confidence else "")
+        unsure = "not sure" if top["score"] < classifier.low_confidence else ""
+        assert row[3] == ("not waste" if a.foreign else unsure)
+        assert row[4] == pytest.approx(a.ood_score, rel=1e-5) and row[5] == str(a.foreign).lower()
     with Path(csv_path).open(newline="") as f:
         read = list(csv.reader(f))
     assert read == [
-        ["file", "label", "score", "note"],
+        ["file", "label", "score", "note", "ood_score", "not_waste"],
         *[["" if v is None else str(v) for v in r] for r in rows],
     ]
 
@@ -187,9 +233,10 @@ def _model_with_threshold(trained_run: Path, folder: Path, threshold: float | No
 
 
 def test_app_flags_by_the_threshold_the_model_stores(
-    trained_run: Path, classifier: Classifier, image_folder: Path, tmp_path: Path
+    trained_run: Path, classifier: Classifier, tmp_path: Path
 ) -> None:
-    path = sorted(image_folder.glob("*/*.jpg"))[0]
+    path = known_photos(tmp_path / "data")[0]
+    assert not classifier.assess([open_image(path)])[0].foreign  # a label is shown, "not sure" or not
     p = expected_top(classifier, path)[0]["score"]
     # A stored threshold on the other side of the photo's score from the default 0.6.
     stored = (p + 1) / 2 if p >= 0.6 else p / 2
@@ -376,14 +423,14 @@ def test_paths_that_are_not_uploads_are_refused_alike(
             demo.classify(payload)
         assert err.value.message == NOT_UPLOADED, case  # the same words whether the path exists or not
         rows, _ = demo.classify_batch([payload, {"path": path}])
-        assert rows[0] == ["photo.jpg", "", None, NOT_UPLOADED] and rows[1][1:] == ["", None, NOT_UPLOADED], (
-            case
-        )
+        assert rows[0] == ["photo.jpg", "", None, NOT_UPLOADED, None, ""], case
+        assert rows[1][1:] == ["", None, NOT_UPLOADED, None, ""], case
         with pytest.raises(gr.Error) as err:
             demo.record_feedback(payload, "beta")
         assert err.value.message == NOT_UPLOADED, case
     assert demo.store.count() == 0 and not demo.store.folder.exists()  # nothing written
-    assert demo.classify(upload(tmp_path / "server" / "photo.jpg"))[0]  # the same photo, uploaded: read
+    _, text = demo.classify(upload(tmp_path / "server" / "photo.jpg"))  # the same photo, uploaded: read
+    assert "Model time" in text
 
 
 def test_the_feedback_folder_is_never_read_even_inside_the_upload_cache(
@@ -457,3 +504,91 @@ def test_feedback_names_the_model_never_where_it_lies(
     onnx.parent.mkdir()
     onnx.write_bytes(b"")
     assert public_model_name(str(onnx)) == "model.onnx"
+
+
+# --- "Not waste": the OOD verdict on the page, through the API and in the batch table ------------------
+
+
+def checkerboard(size: tuple[int, int] = (96, 72), square: int = 8) -> Image.Image:
+    """Black and white squares: high contrast, no colour, nothing like the test model's photos."""
+    board = np.indices(size[::-1]).sum(0) // square % 2 * 255
+    return Image.fromarray(np.stack([board] * 3, -1).astype(np.uint8))
+
+
+def own_test_photo(trained_run: Path) -> Path:
+    """The first test-split photo of the test model's own training data (never in its OOD fit)."""
+    rows = read_manifest(trained_run / "split_manifest.csv")
+    return Path(next(r["path"] for r in rows if r["split"] == "test"))
+
+
+def assert_not_waste(label: object, text: str, expected: Assessment) -> None:
+    """What the page shows a foreign photo: an empty Label, the message and advice, the closest kinds in
+    small print, no label named as the answer and no "not sure" notice."""
+    assert label == {}  # gr.Label's value for None: no label, no confidences
+    assert FOREIGN_MESSAGE in text and FOREIGN_ADVICE in text and "Not sure" not in text
+    assert f"the closest kinds would be: {closest_kinds(expected)}." in text
+    assert f"**{expected.ranked[0]['label'].capitalize()}**" not in text
+
+
+@pytest.mark.slow  # a server of its own: ~10 s
+def test_not_waste_through_the_served_app(trained_run: Path, classifier: Classifier, tmp_path: Path) -> None:
+    board, normal = tmp_path / "board.png", own_test_photo(trained_run)
+    checkerboard().save(board)
+    foreign, known = classifier.assess([open_image(board), open_image(normal)])
+    assert foreign.foreign and not known.foreign  # the precondition: the model's own verdicts
+    with serve(trained_run, tmp_path / "app") as served:
+        client = Client(served.url, verbose=False)
+        assert_not_waste(*client.predict(handle_file(str(board)), api_name="/classify"), foreign)
+        label, text = client.predict(handle_file(str(normal)), api_name="/classify")
+        assert label["label"] == known.ranked[0]["label"] and FOREIGN_MESSAGE not in text
+        assert f"**{known.ranked[0]['label'].capitalize()}**" in text and "Model time" in text
+        files = [handle_file(str(p)) for p in (normal, board)]
+        table, csv_file = client.predict(files, api_name="/classify_batch")
+        with httpx.Client(base_url=served.url, timeout=120) as http:  # the raw API, no gradio_client
+            event, (label, text) = raw.call(http, "classify", [raw.upload(http, board)])
+            components = http.get("/config").json()["components"]
+    assert event == "complete"
+    assert_not_waste(label, text, foreign)
+    assert table["headers"] == CSV_COLUMNS
+    for row, a in zip(table["data"], (known, foreign), strict=True):
+        assert row[1] == a.ranked[0]["label"] and row[4] == pytest.approx(a.ood_score, rel=1e-4)
+        assert (row[3] == "not waste", row[5]) == (a.foreign, str(a.foreign).lower())
+    lines = Path(csv_file).read_text().splitlines()
+    assert lines[0] == ",".join(CSV_COLUMNS) and lines[1].endswith(",false") and lines[2].endswith(",true")
+    (note,) = [c["props"]["value"] for c in components if c.get("props", {}).get("elem_id") == "ood-note"]
+    assert f"is over {classifier.ood_threshold:.4g} " in note and plain_text(classifier.ood_rule) in note
+
+
+def test_a_model_without_ood_data_never_says_not_waste(
+    trained_run: Path, classifier: Classifier, tmp_path: Path
+) -> None:
+    board = tmp_path / "board.png"
+    checkerboard().save(board)
+    assert classifier.assess([open_image(board)])[0].foreign  # with its OOD data, the model flags it
+    bare = tmp_path / "model"
+    shutil.copytree(trained_run / "model", bare)
+    (bare / OOD_FILE).unlink()
+    config = json.loads((bare / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in OOD_KEYS}))
+    plain = Classifier.load(bare, device="cpu")
+    assert plain.ood_threshold is None and plain.ood_rule is None
+    demo = Demo(plain, "test-model", FeedbackStore(tmp_path / "feedback", plain.labels))
+    scores, text = demo.classify(upload(board))
+    assert list(scores) == [r["label"] for r in expected_top(plain, board)[:TOP_K]]
+    assert FOREIGN_MESSAGE not in text and "Model time" in text
+    rows, _ = demo.classify_batch([upload(board)])
+    assert rows[0][3] != "not waste" and rows[0][4:] == [None, "false"]  # as the batch CLI writes it
+    assert ood_note(plain) == ""
+    ids = [c.get("props", {}).get("elem_id") for c in build(demo, []).config["components"]]
+    assert "threshold-note" in ids and "ood-note" not in ids
+
+
+def test_the_page_states_the_not_waste_rule_inert() -> None:
+    rule = "95th percentile [click](http://evil.example) <img src=x onerror=alert(1)> $$x$$ **b**\nmore"
+    note = ood_note(SimpleNamespace(ood_threshold=0.25, ood_rule=rule))
+    assert "is over 0.25 (this model's threshold: 95th percentile " in note and "\n" not in note
+    assert plain_text(rule) in note and "more" in note
+    unescaped = re.sub(r"\\.", "", note)  # what Markdown would still read as syntax
+    for sign in ("[click](", "<img", "$$", "**b", "http:"):
+        assert sign in rule and sign not in unescaped  # shown as text: no link, HTML, formula or bold
+    assert ood_note(SimpleNamespace(ood_threshold=None, ood_rule=None)) == ""

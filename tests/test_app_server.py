@@ -24,6 +24,7 @@ from gradio_client import Client, handle_file
 from tests.conftest import CLASSES, make_learnable_folder, photo
 from trashnet_hf.serving.app import TOP_K, AppArgs, create, launch
 from trashnet_hf.serving.classifier import Classifier, open_image
+from trashnet_hf.serving.hints import FOREIGN_MESSAGE
 
 # Debian's chromium here and in .ci/run; GitHub's Ubuntu runners ship Google Chrome instead (ci.yml sets
 # CHROMIUM to it), which Playwright drives the same way.
@@ -92,12 +93,12 @@ def test_rest_api_single_and_batch(served: Served, tmp_path: Path) -> None:
     table, csv_file = client.predict(
         [handle_file(str(p)) for p in [*served.photos, bad]], api_name="/classify_batch"
     )
-    assert table["headers"] == ["file", "label", "score", "note"]
+    assert table["headers"] == ["file", "label", "score", "note", "ood_score", "not_waste"]
     rows = table["data"]
     assert [r[1] for r in rows[:-1]] == [r[0]["label"] for r in expected]
     assert [r[2] for r in rows[:-1]] == pytest.approx([r[0]["score"] for r in expected], abs=1e-4)
     assert rows[-1][0] == "bad.png" and "0 bytes" in rows[-1][3]
-    assert Path(csv_file).read_text().splitlines()[0] == "file,label,score,note"
+    assert Path(csv_file).read_text().splitlines()[0] == "file,label,score,note,ood_score,not_waste"
 
     # A bad single upload is a plain error message, and the server keeps serving.
     with pytest.raises(Exception, match="0 bytes"):
@@ -175,9 +176,11 @@ def test_space_folder_runs_on_its_own(trained_run: Path, tmp_path: Path) -> None
     try:
         client = _wait_for(f"http://127.0.0.1:{port}/", proc, log)
         glass = space / "examples" / "glass.jpg"  # a real TrashNet photo; the tiny model knows alpha..gamma
-        label, _ = client.predict(handle_file(str(glass)), api_name="/classify")
-        ranked = Classifier.load(trained_run / "model", "cpu").predict([open_image(glass)])[0]
-        assert label["label"] == ranked[0]["label"]
+        label, text = client.predict(handle_file(str(glass)), api_name="/classify")
+        (expected,) = Classifier.load(trained_run / "model", "cpu").assess([open_image(glass)])
+        # Unlike its colour photos, the tiny model's OOD score may call it "not waste": then no label.
+        assert label.get("label") == (None if expected.foreign else expected.ranked[0]["label"])
+        assert (FOREIGN_MESSAGE in text) == expected.foreign
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -15,6 +15,7 @@ import csv
 import functools
 import logging
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -30,9 +31,15 @@ from PIL import Image
 from trashnet_hf import example_photo
 from trashnet_hf.core import cli
 from trashnet_hf.core.errors import ConfigError, UserError
-from trashnet_hf.serving.classifier import Classifier, ImageError, open_image
+from trashnet_hf.serving.classifier import Assessment, Classifier, ImageError, open_image
 from trashnet_hf.serving.feedback import FeedbackStore
-from trashnet_hf.serving.hints import BIN_HINTS, MAX_FILE_BYTES, MIN_SIDE  # as the static page
+from trashnet_hf.serving.hints import (  # as the static page
+    BIN_HINTS,
+    FOREIGN_ADVICE,
+    FOREIGN_MESSAGE,
+    MAX_FILE_BYTES,
+    MIN_SIDE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +51,12 @@ TOP_K = 3
 # The one answer to a path that is not an upload, whether or not it exists: nothing about the server leaks.
 NOT_UPLOADED = "Refused. The app reads only images uploaded to it; send the image itself."
 MAX_BATCH_FILES = 50
-CSV_COLUMNS = ["file", "label", "score", "note"]
+# ood_score and not_waste as the batch CLI (serving.predict) names and writes them: the score ("" for a
+# model without OOD data) and "true"/"false" ("" for an unreadable file).
+CSV_COLUMNS = ["file", "label", "score", "note", "ood_score", "not_waste"]
+NOT_WASTE_NOTE = "not waste"  # the batch note of a foreign photo (over "not sure")
+# Markdown and HTML punctuation, backslash-escaped in text read from a model's files (ood_note).
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$&:])")
 
 TITLE = "Which bin? Sorting trash photos with a fine-tuned CNN"
 INTRO = (
@@ -268,8 +280,43 @@ def verdict(
             f"{len(labels)} kinds ({', '.join(labels)})? A closer photo of one object on a plain background "
             "helps."
         )
-    lines.append(f"<small>Model time: {seconds * 1000:.0f} ms on {device.upper()}</small>")
+    lines.append(model_time(seconds, device))
     return "\n\n".join(lines)
+
+
+def foreign_verdict(assessment: Assessment, threshold: float, seconds: float, device: str) -> str:
+    """The Markdown for a photo whose OOD score is over the model's ``threshold``: FOREIGN_MESSAGE and
+    FOREIGN_ADVICE instead of a label and a bin, then, small, the score and the closest kinds (what the
+    model would say were it waste), then the model's time."""
+    closest = ", ".join(f"{r['label']} {r['score']:.1%}" for r in assessment.ranked[:TOP_K])
+    return "\n\n".join(
+        [
+            f"🚫 **{FOREIGN_MESSAGE}** {FOREIGN_ADVICE}",
+            f"<small>Not-waste score {assessment.ood_score:.4g}, over this model's threshold "
+            f"{threshold:.4g}. Were it waste, the closest kinds would be: {closest}.</small>",
+            model_time(seconds, device),
+        ]
+    )
+
+
+def model_time(seconds: float, device: str) -> str:
+    return f"<small>Model time: {seconds * 1000:.0f} ms on {device.upper()}</small>"
+
+
+def batch_cells(assessment: Assessment, low_confidence: float) -> list[Any]:
+    """A readable file's batch cells after its name: label, score, note, ood_score, not_waste (as the
+    batch CLI writes the last two). The note says "not waste" for a foreign photo, else "not sure" under
+    ``low_confidence``."""
+    top = assessment.ranked[0]
+    note = "not sure" if top["score"] < low_confidence else ""
+    ood = None if assessment.ood_score is None else round(assessment.ood_score, 6)
+    return [
+        top["label"],
+        round(top["score"], 4),
+        NOT_WASTE_NOTE if assessment.foreign else note,
+        ood,
+        str(assessment.foreign).lower(),
+    ]
 
 
 @dataclass
@@ -286,26 +333,38 @@ class Demo:
         return load_upload(payload, blocked=[self.store.folder])
 
     def _predict(self, images: list[Image.Image]) -> tuple[list[list[dict[str, Any]]], float]:
+        assessed, seconds = self._assess(images)
+        return [a.ranked for a in assessed], seconds
+
+    def _assess(self, images: list[Image.Image]) -> tuple[list[Assessment], float]:
         start = time.perf_counter()
-        ranked = self.classifier.predict(images)
-        return ranked, time.perf_counter() - start
+        assessed = self.classifier.assess(images)
+        return assessed, time.perf_counter() - start
 
     def classify(self, image: Any) -> tuple[dict[str, float] | None, str]:
-        """One image -> (top-3 scores for gr.Label, the verdict Markdown)."""
+        """One image -> (top-3 scores for gr.Label, the verdict Markdown). A photo the model's OOD score
+        marks as foreign gets no label (None: the Label is empty) and the "not waste" verdict."""
         if image is None:  # the image was cleared
             return None, EMPTY_VERDICT
         try:
             pil, _ = self._load(image)
         except ImageError as err:
             raise gr.Error(str(err), title="Cannot read this image", print_exception=False) from err
-        (ranked,), seconds = self._predict([pil])
+        (assessment,), seconds = self._assess([pil])
+        device = self.classifier.device
+        if assessment.foreign:
+            logger.info(
+                "Not waste: OOD score %.4g over %.4g", assessment.ood_score, self.classifier.ood_threshold
+            )
+            return None, foreign_verdict(assessment, self.classifier.ood_threshold, seconds, device)
+        ranked = assessment.ranked
         scores = {r["label"]: round(r["score"], 4) for r in ranked[:TOP_K]}
         threshold = self.classifier.low_confidence
-        return scores, verdict(ranked, self.classifier.labels, seconds, self.classifier.device, threshold)
+        return scores, verdict(ranked, self.classifier.labels, seconds, device, threshold)
 
     def classify_batch(self, files: list[Any] | None) -> tuple[list[list[Any]], str]:
-        """Several images -> (rows of file, label, score, note; the same rows as a CSV file). An unreadable
-        file gets a row saying why instead of failing the batch."""
+        """Several images -> (rows of CSV_COLUMNS: file, label, score, note, ood_score, not_waste; the same
+        rows as a CSV file). An unreadable file gets a row saying why instead of failing the batch."""
         if not files:
             raise gr.Error("Add one or more images first.", print_exception=False)
         if len(files) > MAX_BATCH_FILES:
@@ -318,18 +377,13 @@ class Demo:
             try:
                 image, name = self._load(payload)
             except ImageError as err:
-                rows.append([_display_name(payload), "", None, str(err).split(": ", 1)[-1]])
+                rows.append([_display_name(payload), "", None, str(err).split(": ", 1)[-1], None, ""])
                 continue
             good.append((len(rows), image))
-            rows.append([name, "", None, ""])
-        ranked, _ = self._predict([image for _, image in good]) if good else ([], 0.0)
-        for (k, _), result in zip(good, ranked, strict=True):
-            top = result[0]
-            rows[k][1:] = [
-                top["label"],
-                round(top["score"], 4),
-                "not sure" if top["score"] < self.classifier.low_confidence else "",
-            ]
+            rows.append([name])
+        assessed, _ = self._assess([image for _, image in good]) if good else ([], 0.0)
+        for (k, _), assessment in zip(good, assessed, strict=True):
+            rows[k][1:] = batch_cells(assessment, self.classifier.low_confidence)
         return rows, str(self._write_csv(rows))
 
     def _write_csv(self, rows: list[list[Any]]) -> Path:
@@ -361,7 +415,7 @@ class Demo:
 
 def threshold_note(classifier: Classifier) -> str:
     """The page's line on when it says "not sure": the number, and whether the model set it. (The rule's
-    own text stays in the logs and the model card: the page shows no text read from a model's files.)"""
+    own text stays in the logs and the model card; only ``ood_note`` shows a model's text, escaped.)"""
     source = (
         "the default: this model stores no threshold"
         if classifier.low_confidence_rule is None
@@ -369,6 +423,28 @@ def threshold_note(classifier: Classifier) -> str:
     )
     under = f"{classifier.low_confidence:.1%}"
     return f'<small>"Not sure" when the top score is under {under} ({source}).</small>'
+
+
+def ood_note(classifier: Classifier) -> str:
+    """The page's line on when it says "not waste": the model's OOD threshold and the rule that set it;
+    "" for a model without OOD data. The rule is text from the model's files, so it is shown inert
+    (``plain_text``: one line, at most 300 characters, every Markdown and HTML sign escaped)."""
+    if classifier.ood_threshold is None:
+        return ""
+    rule = plain_text(classifier.ood_rule or "rule not recorded")
+    return (
+        f'<small>"Not waste" (no label, no bin) when the photo\'s out-of-distribution score, how unlike the '
+        f"training photos it looks to the model, is over {classifier.ood_threshold:.4g} (this model's "
+        f"threshold: {rule}).</small>"
+    )
+
+
+def plain_text(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut at ``limit`` characters, with MARKDOWN_SPECIAL backslash-escaped: Markdown
+    shows it as written and makes no link, image, HTML or formula of it."""
+    line = " ".join(text.split())
+    line = line if len(line) <= limit else line[: limit - 1] + "…"
+    return MARKDOWN_SPECIAL.sub(r"\\\1", line)
 
 
 def _display_name(payload: Any) -> str:
@@ -405,6 +481,8 @@ def build(demo: Demo, examples: list[Path]) -> gr.Blocks:
                 scores = gr.Label(num_top_classes=TOP_K, label="Top 3, calibrated", elem_id="scores")
                 advice = gr.Markdown(EMPTY_VERDICT, elem_classes="verdict", elem_id="verdict")
                 gr.Markdown(threshold_note(demo.classifier), elem_id="threshold-note")
+                if note := ood_note(demo.classifier):
+                    gr.Markdown(note, elem_id="ood-note")
                 with gr.Accordion("Wrong? Tell the model", open=True, elem_id="feedback"):
                     correction = gr.Dropdown(choices=labels, value=None, label="It is really")
                     send = gr.Button("Save correction", size="md", elem_id="send-feedback")
