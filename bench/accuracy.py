@@ -116,6 +116,9 @@ def run_train(args: argparse.Namespace, name: str, seed: int, manifest: Path | N
     return out, time.perf_counter() - started
 
 
+RETIRED_FLAGS = {"ood_k"}
+
+
 def pipeline_disagreements(out: Path) -> int:
     """How many of the run's test files ``pipeline()`` classifies otherwise than the run reported."""
     from trashnet_hf.core.config import TrainConfig
@@ -123,7 +126,9 @@ def pipeline_disagreements(out: Path) -> int:
     from trashnet_hf.data import prepare_data, read_manifest_split
     from trashnet_hf.training.evaluation import serving_agreement
 
-    cfg = TrainConfig(**json.loads((out / "results.json").read_text())["config"])  # the run's own flags
+    flags = json.loads((out / "results.json").read_text())["config"]  # the run's own flags
+    # ood_k went with the kNN OOD score; it never touched the data, so a run recorded with it still reads.
+    cfg = TrainConfig(**{k: v for k, v in flags.items() if k not in RETIRED_FLAGS})
     pre = preprocessing_of(load_model(out / "model"))
     rows = read_manifest_split(prepare_data(cfg, pre), out / "split_manifest.csv", "test")
     differ = serving_agreement(out / "model", rows)["disagreements"]
