@@ -741,7 +741,7 @@ def test_a_build_that_fails_halfway_leaves_the_previous_one(
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(publish, "_examples", disk_full)  # the model folder is built by then
+    monkeypatch.setattr(publish, "write_examples", disk_full)  # the model folder is built by then
     with pytest.raises(OSError, match="No space left"):
         publish.publish(args)
     assert _snapshot(run_dir / "publish") == before

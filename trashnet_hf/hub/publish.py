@@ -43,13 +43,12 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 import trashnet_hf
-from trashnet_hf import SAMPLE_DIR, example_photo
 from trashnet_hf.core import cli
 from trashnet_hf.core.errors import ConfigError, UserError
 from trashnet_hf.hub import client as hub
 from trashnet_hf.hub.card import read_run, render_card
 from trashnet_hf.hub.redact import Redactor
-from trashnet_hf.hub.static import ORT_WEB_VERSION, build_static_folder
+from trashnet_hf.hub.static import ORT_WEB_VERSION, build_static_folder, write_examples
 
 if TYPE_CHECKING:  # config.py imports timm (torch); the Space workflow builds without them
     from trashnet_hf.core.config import TrainConfig
@@ -346,24 +345,6 @@ def _pins(names: tuple[str, ...]) -> dict[str, str]:
     return {n: pins[canonicalize_name(n)] for n in names}
 
 
-def _examples(dest: Path, redactor: Redactor) -> list[str]:
-    """One real TrashNet photo per class from the bundled sample, as examples/<class>.jpg, credited."""
-    dest.mkdir()
-    classes = sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir())
-    for name in classes:
-        shutil.copy2(example_photo(name), dest / f"{name}.jpg")
-    redactor.write_text(
-        dest / "CREDITS.md",
-        "# Example images\n\nOne photo per class from **TrashNet** by Gary Thung and Mindy Yang (Stanford "
-        "CS 229, 2016/17), `dataset-resized` form, bytes unchanged: "
-        + ", ".join(f"`{c}.jpg` = `{c}/{c}1.jpg`" for c in classes)
-        + ".\nUpstream: https://github.com/garythung/trashnet.\n\n"
-        "License: MIT, Copyright (c) 2017 Gary Thung (the `LICENSE` of garythung/trashnet).\n",
-        "space/examples/CREDITS.md",
-    )
-    return classes
-
-
 def _space_readme(model_id: str, space_id: str) -> str:
     data = SpaceCardData(
         title=space_id.split("/")[1],
@@ -417,7 +398,7 @@ def build_space_folder(dest: Path, model_id: str, space_id: str, redactor: Redac
     }
     for name, text in texts.items():
         redactor.write_text(dest / name, text, f"space/{name}")
-    _examples(dest / "examples", redactor)
+    write_examples(dest / "examples", redactor, "space/examples/CREDITS.md")
     return dest
 
 

@@ -243,7 +243,10 @@ def _readme(model_id: str, space_id: str, weight: dict[str, int]) -> str:
     return str(SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
-def _examples(dest: Path, redactor: Redactor) -> list[dict[str, str]]:
+def write_examples(dest: Path, redactor: Redactor, shown_as: str) -> list[str]:
+    """One real TrashNet photo per class from the bundled sample, as ``dest``/<class>.jpg, with their
+    CREDITS.md (``shown_as``: its path in the upload, for the redactor's messages); the class names. Both
+    Spaces use it."""
     dest.mkdir()
     classes = sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_dir())
     for name in classes:
@@ -255,9 +258,9 @@ def _examples(dest: Path, redactor: Redactor) -> list[dict[str, str]]:
         + ", ".join(f"`{c}.jpg` = `{c}/{c}1.jpg`" for c in classes)
         + ".\nUpstream: https://github.com/garythung/trashnet.\n\n"
         "License: MIT, Copyright (c) 2017 Gary Thung (the `LICENSE` of garythung/trashnet).\n",
-        "static/examples/CREDITS.md",
+        shown_as,
     )
-    return [{"label": c, "file": f"examples/{c}.jpg"} for c in classes]
+    return classes
 
 
 def build_static_folder(
@@ -275,7 +278,8 @@ def build_static_folder(
     vendor_ort_web(dest / "ort", tarball)
     shutil.copy2(onnx_path, dest / "model.onnx")
     info = model_info(dest / "model.onnx")
-    examples = _examples(dest / "examples", redactor)
+    classes = write_examples(dest / "examples", redactor, "static/examples/CREDITS.md")
+    examples = [{"label": c, "file": f"examples/{c}.jpg"} for c in classes]
     sizes = file_sizes(dest)  # before the README: the Hub serves it as the Space's card, not to the page
     weight = {k: sum(s[k] for s in sizes.values()) for k in ("bytes", "gzip")}
     redactor.write_text(dest / "README.md", _readme(model_id, space_id, weight), "static/README.md")
