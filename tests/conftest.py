@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import io
 import os
 import socket
@@ -163,3 +164,43 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert train(cfg).status == "completed"
     return tmp / "out"
+
+
+@pytest.fixture(scope="session")
+def trashnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Like ``trained_run``, but trained on the bundled real TrashNet sample (``trashnet_hf/sample``, 420
+    photos in the six classes; its CREDITS.md is not an image and the loader passes it by), with its OOD
+    data fitted by default. ``trained_run``'s OOD score flags every real photo as foreign (it knows only
+    coloured textures), so the tests that must show a normal result for a TrashNet photo, next to the
+    "not waste" message for a foreign image, serve this model instead. Still tiny and fast: random-init
+    ``test_resnet`` at 32 px, 2 epochs. Shared by the session: copy it before changing it."""
+    from trashnet_hf import SAMPLE_DIR
+    from trashnet_hf.core.config import TrainConfig
+    from trashnet_hf.training.loop import train
+
+    tmp = tmp_path_factory.mktemp("trashnet_run")
+    cfg = TrainConfig(
+        data_dir=str(SAMPLE_DIR), output_dir=str(tmp / "out"), cache_dir=str(tmp / "cache"),
+        model_name="test_resnet", pretrained=False, image_size=32, epochs=2, batch_size=8,
+        eval_batch_size=16, warmup_ratio=0.0, patience=0, report_to="none",
+        near_duplicate_threshold=0,  # perceptual hash only: no pretrained embedder offline
+    )  # fmt: skip
+    assert train(cfg).status == "completed"
+    return tmp / "out"
+
+
+# A real photo that is not waste, from the scikit-image wheel (requirements.txt; bench/ood.py's foreign set).
+ASTRONAUT = Path(importlib.util.find_spec("skimage").origin).parent / "data" / "astronaut.png"
+
+
+def typical_test_photo(run: Path, classifier) -> Path:
+    """The test-split photo of ``run`` (its split_manifest.csv) that ``classifier`` (a
+    ``serving.classifier.Classifier``) gives the lowest OOD score: never in the OOD fit, and the photo most
+    like its training photos. The caller asserts that it is not flagged."""
+    from trashnet_hf.core.manifest import read_manifest
+    from trashnet_hf.serving.classifier import open_image
+
+    tests = [Path(r["path"]) for r in read_manifest(run / "split_manifest.csv") if r["split"] == "test"]
+    assert tests, "the run's test split is empty"
+    scores = [a.ood_score for a in classifier.assess([open_image(p) for p in tests])]
+    return min(zip(scores, tests, strict=True))[1]

@@ -5,6 +5,8 @@ The served model is the session's tiny ``trained_run`` (classes alpha, beta, gam
 every expected score and OOD verdict comes from ``Classifier.predict``/``assess`` on the same file, never
 from a hard-coded number. Its OOD data marks photos unlike its colour photos (random textures, real
 TrashNet photos, a checkerboard) as foreign, so tests that need a label shown use its own kind of photo.
+The "not waste" test through the served app serves ``trashnet_run`` instead (the same tiny model trained
+on the bundled TrashNet sample): a foreign image gets the message, a real TrashNet photo a plain label.
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from tests import test_app_security as raw
-from tests.conftest import jpeg_bytes, make_learnable_folder, photo
+from tests.conftest import ASTRONAUT, jpeg_bytes, make_learnable_folder, photo, typical_test_photo
 from tests.test_app_server import serve
+from trashnet_hf import SAMPLE_DIR
 from trashnet_hf.core.errors import UserError
-from trashnet_hf.core.manifest import read_manifest
 from trashnet_hf.core.model import ModelLoadError
 from trashnet_hf.core.model_meta import OOD_FILE, OOD_KEYS
 from trashnet_hf.serving import app
@@ -515,12 +517,6 @@ def checkerboard(size: tuple[int, int] = (96, 72), square: int = 8) -> Image.Ima
     return Image.fromarray(np.stack([board] * 3, -1).astype(np.uint8))
 
 
-def own_test_photo(trained_run: Path) -> Path:
-    """The first test-split photo of the test model's own training data (never in its OOD fit)."""
-    rows = read_manifest(trained_run / "split_manifest.csv")
-    return Path(next(r["path"] for r in rows if r["split"] == "test"))
-
-
 def assert_not_waste(label: object, text: str, expected: Assessment) -> None:
     """What the page shows a foreign photo: an empty Label, the message and advice, the closest kinds in
     small print, no label named as the answer and no "not sure" notice."""
@@ -530,19 +526,33 @@ def assert_not_waste(label: object, text: str, expected: Assessment) -> None:
     assert f"**{expected.ranked[0]['label'].capitalize()}**" not in text
 
 
-@pytest.mark.slow  # a server of its own: ~10 s
-def test_not_waste_through_the_served_app(trained_run: Path, classifier: Classifier, tmp_path: Path) -> None:
-    board, normal = tmp_path / "board.png", own_test_photo(trained_run)
+@pytest.mark.slow  # a server of its own (~10 s), on the session's TrashNet run (~1 min to train)
+def test_not_waste_through_the_served_app(trashnet_run: Path, tmp_path: Path) -> None:
+    classifier = Classifier.load(trashnet_run / "model", device="cpu")
+    board = tmp_path / "board.png"
     checkerboard().save(board)
-    foreign, known = classifier.assess([open_image(board), open_image(normal)])
-    assert foreign.foreign and not known.foreign  # the precondition: the model's own verdicts
-    with serve(trained_run, tmp_path / "app") as served:
+    normal = typical_test_photo(trashnet_run, classifier)  # a real TrashNet photo of the run's test split
+    assert normal.is_relative_to(SAMPLE_DIR) and normal.parent.name in classifier.labels
+    # The precondition, so that this checks the app and not luck: the served model flags both foreign
+    # images (a checkerboard and a real photo of an astronaut) and not the TrashNet photo.
+    foreign, astronaut, known = classifier.assess([open_image(p) for p in (board, ASTRONAUT, normal)])
+    assert foreign.foreign and astronaut.foreign and not known.foreign, (
+        foreign.ood_score, astronaut.ood_score, known.ood_score, classifier.ood_threshold,
+    )  # fmt: skip
+    top = known.ranked[:TOP_K]
+    with serve(trashnet_run, tmp_path / "app") as served:
         client = Client(served.url, verbose=False)
         assert_not_waste(*client.predict(handle_file(str(board)), api_name="/classify"), foreign)
+        assert_not_waste(*client.predict(handle_file(str(ASTRONAUT)), api_name="/classify"), astronaut)
         label, text = client.predict(handle_file(str(normal)), api_name="/classify")
-        assert label["label"] == known.ranked[0]["label"] and FOREIGN_MESSAGE not in text
-        assert f"**{known.ranked[0]['label'].capitalize()}**" in text and "Model time" in text
-        files = [handle_file(str(p)) for p in (normal, board)]
+        assert label["label"] == top[0]["label"]  # a plain top 3, the model's own scores
+        got = [(c["label"], c["confidence"]) for c in label["confidences"]]
+        assert [g[0] for g in got] == [r["label"] for r in top]
+        assert [g[1] for g in got] == pytest.approx([r["score"] for r in top], abs=1e-4)
+        assert FOREIGN_MESSAGE not in text and FOREIGN_ADVICE not in text and "closest kinds" not in text
+        assert f"**{top[0]['label'].capitalize()}**" in text and BIN_HINTS[top[0]["label"]] in text
+        assert "Model time" in text
+        files = [handle_file(str(p)) for p in (normal, board, ASTRONAUT)]
         table, csv_file = client.predict(files, api_name="/classify_batch")
         with httpx.Client(base_url=served.url, timeout=120) as http:  # the raw API, no gradio_client
             event, (label, text) = raw.call(http, "classify", [raw.upload(http, board)])
@@ -550,11 +560,12 @@ def test_not_waste_through_the_served_app(trained_run: Path, classifier: Classif
     assert event == "complete"
     assert_not_waste(label, text, foreign)
     assert table["headers"] == CSV_COLUMNS
-    for row, a in zip(table["data"], (known, foreign), strict=True):
+    for row, a in zip(table["data"], (known, foreign, astronaut), strict=True):
         assert row[1] == a.ranked[0]["label"] and row[4] == pytest.approx(a.ood_score, rel=1e-4)
         assert (row[3] == "not waste", row[5]) == (a.foreign, str(a.foreign).lower())
     lines = Path(csv_file).read_text().splitlines()
-    assert lines[0] == ",".join(CSV_COLUMNS) and lines[1].endswith(",false") and lines[2].endswith(",true")
+    assert lines[0] == ",".join(CSV_COLUMNS)
+    assert [line.rsplit(",", 1)[1] for line in lines[1:]] == ["false", "true", "true"]
     (note,) = [c["props"]["value"] for c in components if c.get("props", {}).get("elem_id") == "ood-note"]
     assert f"is over {classifier.ood_threshold:.4g} " in note and plain_text(classifier.ood_rule) in note
 

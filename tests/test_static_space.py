@@ -12,6 +12,7 @@ import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from unittest import mock
@@ -21,9 +22,9 @@ import pytest
 from huggingface_hub import SpaceCard
 from PIL import Image
 
+from tests.conftest import ASTRONAUT, typical_test_photo
 from tests.test_app_server import CHROMIUM, screenshot_on_failure
 from trashnet_hf import SAMPLE_DIR
-from trashnet_hf.core.manifest import read_manifest
 from trashnet_hf.hub import publish, static
 from trashnet_hf.hub.publish import PublishArgs
 from trashnet_hf.serving.classifier import Classifier, open_image
@@ -123,14 +124,19 @@ def test_an_unreachable_registry_fails_fast_with_what_to_do(
 # --- The dry-run build ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def static_build(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> publish.Built:
+def build_static(run: Path, tmp_path_factory: pytest.TempPathFactory) -> publish.Built:
+    """The publish dry-run on a copy of the training run ``run``: the model repo and the static Space."""
     if static.cached_tarball() is None:
         pytest.skip("onnxruntime-web is not cached: run `python -m trashnet_hf.hub.static` once (CI does)")
     out = tmp_path_factory.mktemp("static") / "out"
-    shutil.copytree(trained_run, out, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("checkpoints"))
     args = PublishArgs(str(out), "alice/trashnet", static_space_repo="alice/trashnet-web", dry_run=True)
     return publish.publish(args)
+
+
+@pytest.fixture(scope="module")
+def static_build(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> publish.Built:
+    return build_static(trained_run, tmp_path_factory)
 
 
 def test_dry_run_builds_the_static_space(static_build: publish.Built) -> None:
@@ -188,15 +194,15 @@ def test_the_static_space_is_pushed_as_a_static_sdk_space(static_build: publish.
 # --- The page, in a real browser --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def page_url(static_build: publish.Built) -> Iterator[str]:
+@contextmanager
+def serve_page(folder: Path) -> Iterator[str]:
     """The built folder served as the Hub serves a static Space: plain files, no special headers."""
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
 
-    handler = functools.partial(Quiet, directory=str(static_build.static))
+    handler = functools.partial(Quiet, directory=str(folder))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -205,6 +211,12 @@ def page_url(static_build: publish.Built) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def page_url(static_build: publish.Built) -> Iterator[str]:
+    with serve_page(static_build.static) as url:
+        yield url
 
 
 def read_top3(page) -> list[tuple[str, float]]:
@@ -272,45 +284,50 @@ def checkerboard() -> Image.Image:
 @pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no {CHROMIUM}: apt-get install -y chromium")
-def test_the_page_says_not_waste_for_a_foreign_image_and_not_for_a_photo(
-    static_build: publish.Built, page_url: str, trained_run: Path, tmp_path: Path
+def test_the_page_says_not_waste_for_a_foreign_image_and_not_for_a_trashnet_photo(
+    trashnet_run: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    foreign = tmp_path / "checkerboard.png"
-    checkerboard().save(foreign)
-    # The precondition, so that this checks the page and not luck: the model the page runs (the tiny
-    # training run's, fitted with its OOD data by default) flags the checkerboard and not the test photo
-    # that lies nearest its training photos.
-    classifier = Classifier.load(static_build.static / "model.onnx")
-    info = json.loads((static_build.static / "model.json").read_text())
+    # The page built for the tiny model trained on the bundled TrashNet sample (conftest's trashnet_run):
+    # the synthetic run's OOD score flags every real photo, so it could not show a TrashNet photo plainly.
+    built = build_static(trashnet_run, tmp_path_factory)
+    board = tmp_path / "checkerboard.png"
+    checkerboard().save(board)
+    # The precondition, so that this checks the page and not luck: the model the page runs (ONNX, fitted
+    # with its OOD data by default) flags both foreign images (a checkerboard and a real photo of an
+    # astronaut) and not the TrashNet test photo that lies nearest its training photos.
+    classifier = Classifier.load(built.static / "model.onnx")
+    info = json.loads((built.static / "model.json").read_text())
     assert classifier.ood_threshold is not None and info["ood"] is not None
     assert info["ood"]["threshold"] == pytest.approx(classifier.ood_threshold, rel=1e-6)
-    rows = read_manifest(trained_run / "split_manifest.csv")
-    tests = [Path(r["path"]) for r in rows if r["split"] == "test"]
-    assessed = classifier.assess([open_image(path) for path in tests])
-    normal = min(zip(assessed, tests, strict=True), key=lambda pair: pair[0].ood_score)[1]
-    theirs, ours = classifier.assess([open_image(foreign), open_image(normal)], top_k=3)
-    assert theirs.foreign and not ours.foreign, (theirs.ood_score, ours.ood_score, classifier.ood_threshold)
+    normal = typical_test_photo(trashnet_run, classifier)
+    assert normal.is_relative_to(SAMPLE_DIR) and normal.parent.name in classifier.labels  # a TrashNet photo
+    foreign = [board, ASTRONAUT]
+    *theirs, ours = classifier.assess([open_image(p) for p in (*foreign, normal)], top_k=3)
+    assert all(a.foreign for a in theirs) and not ours.foreign, (
+        [a.ood_score for a in theirs], ours.ood_score, classifier.ood_threshold,
+    )  # fmt: skip
 
-    with sync_playwright() as p:
+    with serve_page(built.static) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         body = page.locator("body")
         with screenshot_on_failure(page, "test_the_page_says_not_waste_for_a_foreign_image"):
-            page.goto(page_url)
+            page.goto(url)
             expect(body).to_have_attribute("data-state", "ready", timeout=60_000)
 
-            page.locator("#file").set_input_files(str(foreign))
-            expect(body).to_have_attribute("data-state", "done", timeout=30_000)
-            expect(body).to_have_attribute("data-foreign", "true")
-            expect(page.locator("#foreign")).to_be_visible()
-            assert FOREIGN_MESSAGE in page.locator("#foreign").inner_text()
-            expect(page.locator("#closest")).to_be_visible()  # the scores, muted, as "if it were waste"
-            expect(page.locator("#results")).to_have_class("results muted")
-            assert page.locator("#hint").inner_text().strip() == ""  # no bin named for a checkerboard
+            for path in foreign:
+                page.locator("#file").set_input_files(str(path))
+                expect(body).to_have_attribute("data-state", "done", timeout=30_000)
+                expect(body).to_have_attribute("data-foreign", "true")
+                expect(page.locator("#foreign")).to_be_visible()
+                assert FOREIGN_MESSAGE in page.locator("#foreign").inner_text()
+                expect(page.locator("#closest")).to_be_visible()  # the scores, muted, as "if it were waste"
+                expect(page.locator("#results")).to_have_class("results muted")
+                assert page.locator("#hint").inner_text().strip() == ""  # no bin named for it
 
-            # A photo like the training photos, after the foreign one: a plain top 3, no message left over.
+            # The TrashNet photo, after the foreign ones: a plain top 3, no message left over.
             page.locator("#file").set_input_files(str(normal))
             expect(body).to_have_attribute("data-state", "done", timeout=30_000)
             expect(body).to_have_attribute("data-foreign", "false")
@@ -321,6 +338,6 @@ def test_the_page_says_not_waste_for_a_foreign_image_and_not_for_a_photo(
             assert [label for label, _ in shown] == [r["label"] for r in ours.ranked]
             for (_, score), r in zip(shown, ours.ranked, strict=True):
                 assert abs(score - r["score"]) <= 0.01
-            assert page.locator("#hint").inner_text().strip() != ""
+            assert BIN_HINTS[ours.ranked[0]["label"]] in page.locator("#hint").inner_text()
             assert FOREIGN_MESSAGE not in page.locator("body").inner_text()
         browser.close()
