@@ -8,7 +8,10 @@ import io
 import os
 import socket
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,3 +207,22 @@ def typical_test_photo(run: Path, classifier) -> Path:
     assert tests, "the run's test split is empty"
     scores = [a.ood_score for a in classifier.assess([open_image(p) for p in tests])]
     return min(zip(scores, tests, strict=True))[1]
+
+
+# The browser tests' chromium (Debian's, driven by Playwright) and their failure screenshots.
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+
+
+@contextmanager
+def screenshot_on_failure(page: Any, name: str) -> Iterator[None]:
+    """Keep a full-page screenshot when the block fails (in $TEST_ARTIFACTS_DIR, else tmp/artifacts)."""
+    try:
+        yield
+    except BaseException as err:
+        folder = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / "tmp" / "artifacts")
+        folder.mkdir(parents=True, exist_ok=True)
+        shot = folder / f"{name}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        err.add_note(f"screenshot of the page: {shot}")
+        raise

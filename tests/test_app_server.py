@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from conftest import CHROMIUM, screenshot_on_failure
 from gradio_client import Client, handle_file
 
 from tests.conftest import CLASSES, make_learnable_folder, photo
@@ -28,7 +29,6 @@ from trashnet_hf.serving.hints import FOREIGN_MESSAGE
 
 # Debian's chromium here and in .ci/run; GitHub's Ubuntu runners ship Google Chrome instead (ci.yml sets
 # CHROMIUM to it), which Playwright drives the same way.
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,20 +105,6 @@ def test_rest_api_single_and_batch(served: Served, tmp_path: Path) -> None:
         client.predict(handle_file(str(bad)), api_name="/classify")
     label, _ = client.predict(handle_file(str(served.photos[0])), api_name="/classify")
     assert label["label"] == expected[0][0]["label"]
-
-
-@contextmanager
-def screenshot_on_failure(page, name: str) -> Iterator[None]:
-    """Keep a full-page screenshot when the block fails (in $TEST_ARTIFACTS_DIR, else tmp/artifacts)."""
-    try:
-        yield
-    except BaseException as err:
-        folder = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / "tmp" / "artifacts")
-        folder.mkdir(parents=True, exist_ok=True)
-        shot = folder / f"{name}.png"
-        page.screenshot(path=str(shot), full_page=True)
-        err.add_note(f"screenshot of the page: {shot}")
-        raise
 
 
 @pytest.mark.slow

@@ -10,23 +10,20 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import os
 import shutil
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, screenshot_on_failure
 from PIL import Image
 from transformers import TimmWrapperImageProcessor
 
 from trashnet_hf.core.preprocessing import Preprocessing
 
-# As tests/test_app_server.py (not imported from there: it loads gradio, 10 s of this test's budget).
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 ROOT = Path(__file__).resolve().parents[1]
 
 STATIC = ROOT / "trashnet_hf" / "hub" / "static_space"
@@ -48,20 +45,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no {CHROMIUM}: apt-get install -y chromium"),
 ]
-
-
-@contextmanager
-def screenshot_on_failure(page: Any, name: str) -> Iterator[None]:
-    """Keep a full-page screenshot when the block fails (in $TEST_ARTIFACTS_DIR, else tmp/artifacts)."""
-    try:
-        yield
-    except BaseException as err:
-        folder = Path(os.environ.get("TEST_ARTIFACTS_DIR") or ROOT / "tmp" / "artifacts")
-        folder.mkdir(parents=True, exist_ok=True)
-        shot = folder / f"{name}.png"
-        page.screenshot(path=str(shot), full_page=True)
-        err.add_note(f"screenshot of the page: {shot}")
-        raise
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
