@@ -312,3 +312,26 @@ def test_latest_without_a_checkpoint_and_a_tiny_train_split_are_refused(tmp_path
     assert not (out / "data_report.json").exists()  # refused before any data work
     with pytest.raises(DataError, match=r"fewer than one batch.*--batch-size"):
         train(_cfg(data, out, str(tmp_path / "cache"), batch_size=64))
+
+
+@pytest.mark.slow  # two tiny trainings: ~20 s
+def test_training_draws_the_same_however_the_data_was_prepared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making a split builds the reference embedder, which draws from the global RNGs; reusing one does not.
+    The same seed and split must still train the same: here data preparation draws as the embedder does."""
+    data = make_learnable_folder(tmp_path / "data")
+    kw = {"model_name": "test_resnet", "epochs": 2, "ood_flag_rate": 0}
+    plain = train(_cfg(data, tmp_path / "a", str(tmp_path / "cache"), **kw))
+    load_data = training.load_data
+
+    def drawing(*args, **kwargs):
+        torch.rand(1000), torch.nn.Linear(64, 64)  # a random init, as timm.create_model's before loading
+        return load_data(*args, **kwargs)
+
+    monkeypatch.setattr(training, "load_data", drawing)
+    drawn = train(_cfg(data, tmp_path / "b", str(tmp_path / "cache"), **kw))
+    a = json.loads((tmp_path / "a" / "results.json").read_text())["history"]
+    b = json.loads((tmp_path / "b" / "results.json").read_text())["history"]
+    assert plain.status == drawn.status == "completed"
+    assert [h["train_loss"] for h in a] == [h["train_loss"] for h in b] and a == b

@@ -134,6 +134,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         if resume_from is not None:  # same classes, same split: before anything in the folder changes
             checkpointing.check_signature(resume_from, saved, signature)
         write_data_outputs(cfg, accelerator, data)
+        # Again: making a split draws from the global RNGs (the reference embedder is built at random
+        # before its weights load) and reusing one (--split-manifest) does not, nor does a warm cache, so
+        # without this the same seed and split trained on other augmentations.
+        seed_training(cfg)
         parts = build_parts(cfg, accelerator, data)  # 3-4. model, transforms, loaders, optimiser, schedule
         state = TrainerState(signature=signature)
         accelerator.register_for_checkpointing(state)
@@ -207,13 +211,18 @@ def setup(cfg: TrainConfig, out: Path) -> Accelerator:
             accelerator.mixed_precision,
             accelerator.device.type,
         )
-    # seed + process index: each process draws its own crops, flips, jitter and mixup (the same draws on
-    # every process would waste the extra batches' augmentation); the run stays reproducible for a given
-    # process count. Model init (build_model) and shuffling (data_seed) are seeded with the seed itself.
-    set_seed(cfg.seed, device_specific=True)
+    seed_training(cfg)
     if accelerator.device.type == "cpu":
         tune_cpu_allocator()
     return accelerator
+
+
+def seed_training(cfg: TrainConfig) -> None:
+    """Seed the global RNGs with seed + process index: each process draws its own crops, flips, jitter and
+    mixup (the same draws on every process would waste the extra batches' augmentation); the run stays
+    reproducible for a given process count. Model init (build_model) and shuffling (data_seed) are seeded
+    with the seed itself."""
+    set_seed(cfg.seed, device_specific=True)
 
 
 def precision_that_runs(accelerator: Accelerator) -> str:
