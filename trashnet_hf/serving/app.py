@@ -332,10 +332,6 @@ class Demo:
         # Never from the feedback folder, even were it inside Gradio's upload cache.
         return load_upload(payload, blocked=[self.store.folder])
 
-    def _predict(self, images: list[Image.Image]) -> tuple[list[list[dict[str, Any]]], float]:
-        assessed, seconds = self._assess(images)
-        return [a.ranked for a in assessed], seconds
-
     def _assess(self, images: list[Image.Image]) -> tuple[list[Assessment], float]:
         start = time.perf_counter()
         assessed = self.classifier.assess(images)
@@ -405,7 +401,7 @@ class Demo:
             raise gr.Error("Pick the right kind from the list first.", print_exception=False)
         try:
             pil, _ = self._load(image)
-            (ranked,), _ = self._predict([pil])
+            (ranked,) = self.classifier.predict([pil])  # the label alone: no OOD score wanted here
             model = public_model_name(self.model_name)
             self.store.record(pil, correction, ranked[0]["label"], ranked[0]["score"], model=model)
         except UserError as err:
