@@ -21,6 +21,7 @@ seeds, each configuration's mean and standard deviation.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -92,6 +93,10 @@ def parse() -> argparse.Namespace:
         parser.error(f"--data-dir {args.data_dir} does not exist; point it at the TrashNet class folders.")
     if args.split_manifest is not None and not args.split_manifest.is_file():
         parser.error(f"--split-manifest {args.split_manifest} is not a file")
+    # The pipeline() check imports the package after each training run: a stale install would fail only
+    # then, after up to 30 minutes of training, so it is checked before any.
+    if importlib.util.find_spec("trashnet_hf") is None:
+        parser.error(f"trashnet_hf does not import in {sys.executable}; run `pip install -e {ROOT}` first.")
     return args
 
 
