@@ -209,7 +209,9 @@ def typical_test_photo(run: Path, classifier) -> Path:
     return min(zip(scores, tests, strict=True))[1]
 
 
-# The browser tests' chromium (Debian's, driven by Playwright) and their failure screenshots.
+# The browser tests' chromium and their failure screenshots. Debian's chromium here and in .ci/run;
+# GitHub's Ubuntu runners ship Google Chrome instead (ci.yml sets CHROMIUM to it), which Playwright drives
+# the same way.
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 

@@ -19,17 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from conftest import CHROMIUM, screenshot_on_failure
 from gradio_client import Client, handle_file
 
-from tests.conftest import CLASSES, make_learnable_folder, photo
+from tests.conftest import CHROMIUM, CLASSES, make_learnable_folder, photo, screenshot_on_failure
 from trashnet_hf.serving.app import TOP_K, AppArgs, create, launch
 from trashnet_hf.serving.classifier import Classifier, open_image
 from trashnet_hf.serving.hints import FOREIGN_MESSAGE
-
-# Debian's chromium here and in .ci/run; GitHub's Ubuntu runners ship Google Chrome instead (ci.yml sets
-# CHROMIUM to it), which Playwright drives the same way.
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, screenshot_on_failure
 from PIL import Image
 from transformers import TimmWrapperImageProcessor
 
+from tests.conftest import CHROMIUM, screenshot_on_failure
 from trashnet_hf.core.preprocessing import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,11 +19,10 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from conftest import CHROMIUM, screenshot_on_failure
 from huggingface_hub import SpaceCard
 from PIL import Image
 
-from tests.conftest import ASTRONAUT, typical_test_photo
+from tests.conftest import ASTRONAUT, CHROMIUM, screenshot_on_failure, typical_test_photo
 from trashnet_hf import SAMPLE_DIR
 from trashnet_hf.hub import publish, static
 from trashnet_hf.hub.publish import PublishArgs
