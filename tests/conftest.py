@@ -164,6 +164,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cache_dir=str(tmp / "cache"), model_name="test_resnet", pretrained=False, image_size=32, epochs=2,
         batch_size=8, eval_batch_size=16, warmup_ratio=0.0, patience=0, report_to="none",
         near_duplicate_threshold=0,  # HASH_ONLY
+        layer_decay=0.8,  # the tiny recipe the OOD and threshold tests were written against (default: 1)
     )  # fmt: skip
     assert train(cfg).status == "completed"
     return tmp / "out"
@@ -187,6 +188,7 @@ def trashnet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model_name="test_resnet", pretrained=False, image_size=32, epochs=2, batch_size=8,
         eval_batch_size=16, warmup_ratio=0.0, patience=0, report_to="none",
         near_duplicate_threshold=0,  # perceptual hash only: no pretrained embedder offline
+        layer_decay=0.8,  # as trained_run: the recipe its tests were written against (default: 1)
     )  # fmt: skip
     assert train(cfg).status == "completed"
     return tmp / "out"

@@ -176,6 +176,9 @@ def test_pretrained_fine_tuning_beats_random_init_on_the_same_budget(
             model_name=str(lite0), pretrained=pretrained, image_size=96, epochs=4, batch_size=16,
             learning_rate=1e-3, patience=0, report_to="none", logging_steps=5,
             ema_decay=0.0,  # an average over ~25 updates would lag the weights it averages
+            # 4 epochs on 120 photos: without layer decay lr 1e-3 overwrites the ImageNet features
+            # (measured 0.39 against 0.78); on all of TrashNet, no layer decay scores higher.
+            layer_decay=0.8,
         )  # fmt: skip
         accuracy[pretrained] = train(cfg).results["metrics"]["test"]["accuracy"]
         if pretrained:
